@@ -1,0 +1,1 @@
+"""Scoring: task suite, metrics and length/JSON compliance for bench."""
