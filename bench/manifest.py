@@ -31,7 +31,7 @@ MANIFEST_FILENAME = "gguf_manifest.toml"
 LOCK_FILENAME = "gguf.lock"
 
 KNOWN_QUANTS = ("Q4_K_M", "Q8_0", "Q4_1")
-KNOWN_SOURCES = ("hf", "package")
+KNOWN_SOURCES = ("hf", "package", "local")
 # "default" is the embedded model; "A" and "B" are the study's tiers as printed in its tables.
 KNOWN_TIERS = ("A", "B", "default")
 
@@ -40,7 +40,7 @@ _MODEL_KEYS = frozenset(
     {
         "id", "family", "params_b", "tier", "arch", "quant", "source", "hf_repo", "hf_files",
         "hf_revision", "ollama_tag", "size_bytes", "sha256", "license", "package", "package_file",
-        "shape",
+        "shape", "path",
     }
 )
 _TOP_LEVEL_KEYS = frozenset({"schema_version", "model"})
@@ -92,6 +92,8 @@ class ModelEntry:
     package: str | None
     package_file: str | None
     shape: ModelShape | None
+    # source = "local": a GGUF on this machine (relative paths are taken from the manifest's folder).
+    path: str | None = None
 
     def to_dict(self) -> dict:
         """A JSON-able copy (tuples become lists), for run.json."""
@@ -177,6 +179,11 @@ def load_manifest(path: str | Path | None = None) -> Manifest:
     _check_top_level(document, where)
     entries = tuple(_parse_entry(raw, index, where) for index, raw in enumerate(document["model"], start=1))
     _check_unique_ids(entries, where)
+    entries = tuple(
+        dataclasses.replace(e, path=str((manifest_path.parent / Path(e.path).expanduser()).resolve()))
+        if e.path is not None else e
+        for e in entries
+    )
     return Manifest(path=manifest_path.resolve(), entries=entries)
 
 
@@ -333,6 +340,7 @@ def _parse_entry(raw: dict, index: int, where: str) -> ModelEntry:
         package=fields.string("package", required=source == "package"),
         package_file=fields.string("package_file", required=source == "package"),
         shape=_parse_shape(raw.get("shape"), fields) if fields.present("shape") else None,
+        path=fields.string("path", required=source == "local"),
     )
     if source == "hf" and not entry.hf_files:
         raise fields.fail("hf_files", "must list at least one file for source = \"hf\"")
