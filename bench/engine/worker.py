@@ -1,0 +1,394 @@
+"""The child process that runs one configuration: load, warm up, time every request, unload.
+
+Run as `python -m bench.engine.worker SPEC.json` by the orchestrator (a fresh interpreter, never a
+fork: CUDA state does not survive fork). It writes its requests and telemetry straight into the
+run directory with durable appends, so whatever it finished survives its own crash, and reports
+progress to the parent as JSON lines on the file descriptor named in the spec.
+
+`python -m bench.engine.worker --probe` prints what the installed llama-cpp-python build can do
+(GPU offload or not, version) as one JSON object, so the parent can refuse a silent CPU fallback
+without loading llama.cpp (and possibly CUDA) into itself.
+
+Exit status: 0 done; 1 a stage failed (the error event says which and why); a signal if it crashed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import records
+from bench.rundir import RunDir, append_jsonl
+
+WARMUP_MAX_TOKENS = 16
+
+
+@dataclass
+class WorkItem:
+    rep: int
+    request: dict  # TaskRequest fields (messages as a list of dicts)
+    mode: str  # "plain" | "constrained"
+
+
+@dataclass
+class WorkerSpec:
+    """Everything the child needs; written by the orchestrator as JSON."""
+
+    run_dir: str
+    config_id: str
+    model_path: str
+    model_bytes: int | None
+    sha256: str | None
+    twin: bool
+    n_gpu_layers: int
+    flash_attn: str  # auto | on | off
+    n_threads: int
+    n_ctx: int | None  # None: big enough for the longest prompt plus its max tokens
+    temperature: float
+    seed: int
+    max_tokens_cap: int | None
+    reps: int
+    constrained: bool
+    requests: list[dict]
+    skip_keys: list[str] = field(default_factory=list)
+    sample_hz: float = 20.0
+    gpu_index: int = 0
+    host: str | None = None
+    gpu_uuid: str | None = None
+    events_fd: int | None = None
+    warmup: bool = True
+
+    @classmethod
+    def read(cls, path: str | Path) -> "WorkerSpec":
+        data = json.loads(Path(path).read_text())
+        return records.from_dict(cls, data)
+
+    def work(self) -> list[WorkItem]:
+        """Every timed request of this configuration, repetition-major, minus those recorded."""
+        skip = set(self.skip_keys)
+        items = []
+        for rep in range(self.reps):
+            for request in self.requests:
+                modes = ["plain"]
+                if self.constrained and request["format"] == "json":
+                    modes.append("constrained")
+                for mode in modes:
+                    key = records.request_key(self.config_id, rep, request["request_id"], mode)
+                    if key not in skip:
+                        items.append(WorkItem(rep, request, mode))
+        return items
+
+    def max_tokens(self, request: dict) -> int:
+        cap = self.max_tokens_cap
+        return min(request["max_tokens"], cap) if cap else request["max_tokens"]
+
+
+class Events:
+    """Progress events to the parent: one JSON object per line on a pipe."""
+
+    def __init__(self, fd: int | None):
+        self._fd = fd
+
+    def send(self, event: str, **data: Any) -> None:
+        if self._fd is None:
+            return
+        line = (json.dumps({"event": event, **data}, default=str) + "\n").encode()
+        try:
+            os.write(self._fd, line)
+        except OSError:
+            self._fd = None  # the parent went away; keep working, records still land on disk
+
+
+class RunLog:
+    """This configuration's lines in the run's log.txt, each tagged with its config id."""
+
+    def __init__(self, run: RunDir, config_id: str):
+        self._path = run.file(records.LOG_FILE)
+        self._tag = f"[{config_id}]"
+
+    def __call__(self, message: str) -> None:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        line = f"{stamp} {self._tag} {message}\n".encode("utf-8", errors="replace")
+        fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)  # one write per line: lines from parent and child never interleave
+        finally:
+            os.close(fd)
+
+
+def append_jsonl_many(path: Path, rows: list[dict]) -> None:
+    """Append several JSON lines in one write and one fsync (telemetry arrives in batches)."""
+    if not rows:
+        return
+    data = "".join(json.dumps(r, allow_nan=False, default=str) + "\n" for r in rows).encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        written = os.write(fd, data)
+        while written < len(data):
+            written += os.write(fd, data[written:])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _Stage:
+    def __init__(self, events: Events):
+        self.name = "load"
+        self._events = events
+
+    def enter(self, name: str) -> None:
+        self.name = name
+        self._events.send("stage", stage=name)
+
+
+def run(spec: WorkerSpec) -> int:
+    run_dir = RunDir(spec.run_dir)
+    events = Events(spec.events_fd)
+    log = RunLog(run_dir, spec.config_id)
+    stage = _Stage(events)
+    sampler = None
+    engine = None
+    try:
+        from bench.engine import generate as gen
+        from bench.engine.chat import ChatPrompter
+        from bench.engine.stats import request_timing
+
+        stage.enter("load")
+        llama_log = gen.LlamaLog(lambda line: log(f"llama.cpp: {line}"),
+                                 debug=bool(os.environ.get("BENCH_LLAMA_DEBUG")))
+        if spec.n_gpu_layers != 0 and not gen.supports_gpu_offload():
+            # The parent checks this too; a second check here costs nothing and guards direct use.
+            raise gen.EngineError(
+                "this llama-cpp-python build cannot offload to a GPU; reinstall it with CUDA: "
+                + gen.REINSTALL_CUDA
+            )
+        sampler = _start_sampler(spec, run_dir, log, events)
+        t_load = time.perf_counter()
+        engine = gen.Engine(llama_log)
+        facts = engine.load_model(spec.model_path, spec.n_gpu_layers)
+        log(
+            f"loaded {spec.model_path}: {facts.desc}; layers on GPU {facts.n_layers_offloaded}/"
+            f"{facts.n_layers_total} ({facts.device})"
+        )
+        prompter = ChatPrompter(facts.chat_template, facts.bos_token, facts.eos_token)
+        if prompter.label != "gguf":
+            log(f"warning: {spec.model_path} has no chat template; prompts use the ChatML fallback")
+        prompts = {}
+        for request in spec.requests:
+            text = prompter.render(request["messages"]).text
+            prompts[request["request_id"]] = engine.tokenize(text, facts.add_bos, facts.bos_id)
+        n_ctx = spec.n_ctx or _context_size(spec, prompts)
+        flash_attn = engine.create_context(n_ctx, spec.n_threads, spec.flash_attn)
+        load_time_s = time.perf_counter() - t_load
+        cpu_sampler = gen.CpuSampler(engine.vocab, spec.temperature, spec.seed)
+        loaded = {
+            "device": facts.device,
+            "n_gpu_layers_requested": spec.n_gpu_layers,
+            "n_layers_offloaded": facts.n_layers_offloaded,
+            "n_layers_total": facts.n_layers_total,
+            "flash_attn": flash_attn,
+            "n_ctx": engine.n_ctx,
+            "n_threads": spec.n_threads,
+            "sampler": cpu_sampler.name,
+            "chat_template": prompter.label,
+            "load_time_s": load_time_s,
+            "model_desc": facts.desc,
+            "model_params": facts.n_params,
+            "nvml": bool(sampler and sampler.nvml_available),
+            "nvml_reason": _nvml_reason(spec, sampler),
+        }
+        events.send("loaded", **loaded)
+        log(
+            f"context n_ctx={engine.n_ctx} threads={spec.n_threads} flash_attn={flash_attn} "
+            f"load {load_time_s:.2f} s"
+        )
+
+        work = spec.work()
+        grammars: dict[str, str] = {}
+
+        def grammar_for(item: WorkItem) -> str | None:
+            if item.mode != "constrained":
+                return None
+            level = item.request["level"]
+            if level not in grammars:
+                grammars[level] = gen.schema_grammar(item.request["schema"])
+            return grammars[level]
+
+        if spec.warmup and spec.requests:
+            stage.enter("warmup")
+            first = spec.requests[0]
+            engine.generate(prompts[first["request_id"]], min(WARMUP_MAX_TOKENS, spec.max_tokens(first)),
+                            cpu_sampler)
+
+        stage.enter("generate")
+        events.send("plan", total=len(work))
+        for done, item in enumerate(work, start=1):
+            request = item.request
+            max_tokens = spec.max_tokens(request)
+            g = engine.generate(prompts[request["request_id"]], max_tokens, cpu_sampler, grammar_for(item))
+            timing = request_timing(g.t_start_ns, g.token_times_ns, g.n_prompt_tokens, g.t_done_ns)
+            record = records.RequestRecord(
+                config_id=spec.config_id,
+                rep=item.rep,
+                request_id=request["request_id"],
+                item_id=request["item_id"],
+                variant=request["variant"],
+                level=request["level"],
+                format=request["format"],
+                mode=item.mode,
+                twin=spec.twin,
+                n_prompt_tokens=g.n_prompt_tokens,
+                n_gen_tokens=len(g.token_ids),
+                finish_reason=g.finish_reason,
+                output=g.text,
+                ttft_ms=timing.ttft_ms,
+                latency_ms=timing.latency_ms,
+                prefill_tps=timing.prefill_tps,
+                decode_tps=timing.decode_tps,
+                itl_p50_ms=timing.itl_p50_ms,
+                itl_p90_ms=timing.itl_p90_ms,
+                itl_p99_ms=timing.itl_p99_ms,
+                token_times_ms=timing.token_times_ms,
+                seed=spec.seed,
+                temperature=spec.temperature,
+                max_tokens=max_tokens,
+                t_start_unix=g.t_start_unix,
+                t_end_unix=g.t_end_unix,
+                gpu_uuid=spec.gpu_uuid,
+                host=spec.host,
+                extra={"sampler": cpu_sampler.name, "done_ms": (g.t_done_ns - g.t_start_ns) / 1e6},
+            )
+            _add_energy(record, sampler, g)
+            run_dir.append(records.REQUESTS_FILE, record)
+            events.send(
+                "request", key=record.key, done=done, total=len(work), decode_tps=record.decode_tps,
+                ttft_ms=record.ttft_ms, n_gen_tokens=record.n_gen_tokens, energy_per_token_j=record.energy_per_token_j,
+            )
+
+        stage.enter("unload")
+        engine.close()
+        engine = None
+        peaks = _peaks(sampler)
+        if sampler is not None:
+            sampler.stop()
+        events.send("done", n_requests=len(work), **peaks)
+        log(f"done: {len(work)} requests")
+        return 0
+    except BaseException as exc:  # noqa: BLE001 - every failure becomes an event and exit code 1
+        message = _one_line(exc)
+        log(f"failed during {stage.name}: {message}")
+        if not isinstance(exc, (KeyboardInterrupt, SystemExit)) and "BenchError" not in _mro_names(exc):
+            for line in traceback.format_exc().splitlines()[-8:]:
+                log(f"  {line}")
+        events.send("error", stage=stage.name, error=message)
+        if sampler is not None:
+            try:
+                sampler.stop()
+            except Exception:  # noqa: BLE001
+                pass
+        return 1
+
+
+def _mro_names(exc: BaseException) -> set[str]:
+    return {cls.__name__ for cls in type(exc).__mro__}
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if "BenchError" in _mro_names(exc) else f"{type(exc).__name__}: {text}"
+
+
+def _context_size(spec: WorkerSpec, prompts: dict[str, list[int]]) -> int:
+    need = max((len(prompts[r["request_id"]]) + spec.max_tokens(r) for r in spec.requests), default=512)
+    need += 16  # a little slack: BOS added by the engine, a stray special token
+    return max(512, -(-need // 256) * 256)
+
+
+def _start_sampler(spec: WorkerSpec, run_dir: RunDir, log, events: Events):
+    if not spec.sample_hz:
+        return None
+    from hwprobe.sampler import TelemetrySampler
+
+    path = run_dir.file(records.TELEMETRY_FILE)
+
+    def sink(batch: list[dict]) -> None:
+        append_jsonl_many(path, batch)
+
+    sampler = TelemetrySampler(hz=spec.sample_hz, gpu_index=spec.gpu_index, pid=os.getpid(),
+                               config_id=spec.config_id, sink=sink)
+    sampler.start()  # without NVML it still samples RSS and CPU; the parent says so once
+    return sampler
+
+
+def _nvml_reason(spec: WorkerSpec, sampler) -> str | None:
+    if not spec.sample_hz:
+        return "telemetry off (--sample-hz 0)"
+    return None if sampler.nvml_available else sampler.nvml_reason
+
+
+def _add_energy(record: records.RequestRecord, sampler, g) -> None:
+    if sampler is None or not sampler.nvml_available:
+        return
+    # Sample once at the end so the window's last edge is covered without waiting a tick.
+    sampler.sample_now()
+    stats = sampler.window(g.t_start_unix, g.t_end_unix)
+    record.energy_j = stats.energy_j
+    record.power_mean_w = stats.power_mean_w
+    record.power_peak_w = stats.power_peak_w
+    if stats.energy_j is not None and record.n_gen_tokens:
+        record.energy_per_token_j = stats.energy_j / record.n_gen_tokens
+    record.extra["energy_source"] = stats.energy_source
+    record.extra["telemetry_samples"] = stats.n_samples
+
+
+def _peaks(sampler) -> dict:
+    # ru_maxrss is the exact peak (KiB on Linux); the sampler only sees its ticks.
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peaks = {"peak_rss_bytes": peak_rss, "peak_vram_bytes": None, "peak_vram_source": None}
+    if sampler is not None and sampler.nvml_available:
+        stats = sampler.window(0.0, time.time())
+        if stats.peak_proc_mem_bytes is not None:
+            peaks.update(peak_vram_bytes=stats.peak_proc_mem_bytes, peak_vram_source="process")
+        elif stats.peak_mem_used_bytes is not None:
+            peaks.update(peak_vram_bytes=stats.peak_mem_used_bytes, peak_vram_source="device")
+    return peaks
+
+
+def probe() -> dict:
+    """What this llama-cpp-python build can do, without loading a model."""
+    facts: dict[str, Any] = {"importable": False}
+    try:
+        import llama_cpp
+    except Exception as exc:  # noqa: BLE001
+        facts["error"] = _one_line(exc)
+        return facts
+    facts["importable"] = True
+    facts["version"] = getattr(llama_cpp, "__version__", None)
+    facts["supports_gpu_offload"] = bool(llama_cpp.llama_supports_gpu_offload())
+    try:
+        facts["system_info"] = llama_cpp.llama_print_system_info().decode("utf-8", errors="replace").strip()
+    except Exception:  # noqa: BLE001
+        facts["system_info"] = None
+    return facts
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["--probe"]:
+        print(json.dumps(probe()))
+        return 0
+    if len(argv) != 1:
+        print("usage: python -m bench.engine.worker SPEC.json | --probe", file=sys.stderr)
+        return 2
+    spec = WorkerSpec.read(argv[0])
+    return run(spec)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
