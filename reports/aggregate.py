@@ -174,9 +174,33 @@ class RunSummary:
         return pd.DataFrame(rows)
 
 
+def model_entries(meta: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """config id -> manifest entry, from run.json's `configs` list ({config_id, entry}) or `models` map."""
+    entries: dict[str, dict[str, Any]] = {}
+    models = meta.get("models")
+    if isinstance(models, dict):
+        entries.update({k: v for k, v in models.items() if isinstance(v, dict)})
+    configs = meta.get("configs")
+    if isinstance(configs, list):
+        for item in configs:
+            if isinstance(item, dict) and isinstance(item.get("config_id"), str):
+                entry = item.get("entry") if isinstance(item.get("entry"), dict) else {}
+                merged = {**entry, **({"twin": True} if item.get("twin") else {})}
+                entries.setdefault(item["config_id"], merged)
+    return entries
+
+
+def probe_of(meta: dict[str, Any]) -> dict[str, Any]:
+    """The hardware probe: run.json's `hardware` (what bench profile writes) or `probe`."""
+    for key in ("hardware", "probe"):
+        if isinstance(meta.get(key), dict):
+            return meta[key]
+    return {}
+
+
 def run_label(meta: dict[str, Any], path: Path | None = None) -> str:
     """'host · GPU name' from the hardware probe, for telling runs from different machines apart."""
-    probe = meta.get("probe") if isinstance(meta.get("probe"), dict) else {}
+    probe = probe_of(meta)
     host = _first_str(
         probe.get("hostname"),
         _dig(probe, "host", "hostname"),
@@ -278,7 +302,7 @@ def load_run(path: str | Path) -> RunSummary:
                 f"run bench score {run.path} to score them"
             )
 
-    models = meta.get("models") if isinstance(meta.get("models"), dict) else {}
+    models = model_entries(meta)
     vram_fallback, power_samples = _telemetry_by_config(run)
 
     groups: dict[tuple[str, str], list[records.RequestRecord]] = {}

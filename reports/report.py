@@ -5,7 +5,6 @@ To add a section, write a function (ReportContext) -> Section | None and put it 
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 from reports import plots, tables
@@ -196,9 +195,11 @@ SECTIONS = [
 def build_report(run: RunSummary, with_plots: bool = True, sections=None) -> Document:
     meta = run.meta
     subtitle = [f"Run: {run.path.name}", f"Machine: {run.host_label}"]
-    started = meta.get("started_unix") or meta.get("t_start_unix")
-    if isinstance(started, (int, float)):
-        subtitle.append("Started: " + time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)))
+    started = meta.get("started_utc")
+    if isinstance(started, str) and started:
+        subtitle.append(f"Started: {started}" + (f", finished: {meta['finished_utc']}" if meta.get("finished_utc") else ""))
+    if isinstance(meta.get("status"), str) and meta["status"] != "completed":
+        subtitle.append(f"Run status: {meta['status']}")
     return assemble("bench report", subtitle, sections or SECTIONS, ReportContext(run, with_plots))
 
 

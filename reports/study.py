@@ -15,7 +15,7 @@ from typing import Callable
 import pandas as pd
 
 from bench.errors import BenchError
-from reports.aggregate import ConfigSummary, RunSummary, load_run
+from reports.aggregate import ConfigSummary, RunSummary, load_run, model_entries
 from reports.document import Cell, Column, Document, Note, Paragraph, Section, Table, assemble, missing
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -75,17 +75,17 @@ def _norm(name: str) -> str:
 def match_study(run: RunSummary, study: pd.DataFrame) -> list[tuple[ConfigSummary, pd.Series]]:
     """Our plain-mode configurations paired with the study's rows by Ollama tag (case-insensitive).
 
-    The manifest entry may name the study's tag in `study_id`, `ollama_tag` or `ollama`;
-    otherwise the config id itself is tried.
+    The shipped manifest spells ids as the study does; an entry may also name the study's row
+    in `study_id`, and its `ollama_tag` is tried last.
     """
     by_name = {_norm(m): row for m, row in zip(study["model"], (r for _, r in study.iterrows()))}
-    models = run.meta.get("models") if isinstance(run.meta.get("models"), dict) else {}
+    models = model_entries(run.meta)
     pairs = []
     for c in run.configs:
         if c.mode != "plain":
             continue
         entry = models.get(c.config_id) if isinstance(models.get(c.config_id), dict) else {}
-        for name in (entry.get("study_id"), entry.get("ollama_tag"), entry.get("ollama"), c.config_id):
+        for name in (c.config_id, entry.get("study_id"), entry.get("ollama_tag")):
             if isinstance(name, str) and _norm(name) in by_name:
                 pairs.append((c, by_name[_norm(name)]))
                 break

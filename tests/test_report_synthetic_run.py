@@ -3,7 +3,7 @@
 Written through bench.rundir and bench.records exactly as `bench profile` and `bench score`
 write a real run. The figures are chosen so every aggregate can be worked out by hand:
 
-  alpha:1b-q4_K_M  tier A  decode TPS 100,110,…,190 (median 145, p10 109, p90 181)
+  alpha:1b-q4_K_M  tier A  decode TPS 100,110,…,180 and one 400 (median 145, mean 166, p10 109, p90 202)
                            latency 1000,1100,…,1900 ms; TTFT 200,205,…,245 ms
                            energy/token 0.10,0.11,…,0.19 J; power 200…209 W; peak VRAM 2 GiB
                            ROUGE-L text .30 .35 .40 .45 .50, JSON .40 ×5 (mean .40) -> efficiency 58.0
@@ -71,7 +71,8 @@ def _token_times(ttft_ms: float, gap_ms: float) -> list[float]:
 
 
 def _tps(config_id: str, j: int) -> float:
-    return {A1: 100 + 10 * j, A2: (100 + 10 * j) / 2, B1: 40 + 2 * j, TWIN: 30 + j}[config_id]
+    a1 = 400 if j == 9 else 100 + 10 * j  # one fast outlier: the median (145) is not the mean (166)
+    return {A1: a1, A2: (100 + 10 * j) / 2, B1: 40 + 2 * j, TWIN: 30 + j}[config_id]
 
 
 def _scores(config_id: str, j: int, variant: str) -> dict:
@@ -143,14 +144,33 @@ def build_run(
     with_scores: bool = True,
     changed_output: tuple[str, str] | None = None,
     flash_attn: bool = True,
+    with_energy: bool = True,
+    rename: dict[str, str] | None = None,
 ) -> Path:
-    """Write the synthetic run under `base`; tps_scale multiplies every decode TPS (and divides latencies)."""
+    """Write the synthetic run under `base`.
+
+    tps_scale multiplies every decode TPS (and divides TTFT and latency); changed_output=(config,
+    request_id) rewords one output; with_energy=False drops every energy/power figure (no NVML);
+    rename maps the synthetic config ids to others (e.g. the study's).
+    """
+    rename = rename or {}
+
+    def name(cid: str) -> str:
+        return rename.get(cid, cid)
+
     path = new_run_dir(base)
     run = RunDir(path)
+    # The layout `bench profile` writes: the hwprobe dict under "hardware", manifest entries in "configs".
     run.write_meta(
         {
-            "probe": {"hostname": host, "gpus": [{"name": gpu, "memory_total_bytes": 80 * GIB}]},
-            "models": MODELS,
+            "status": "completed",
+            "started_utc": "2026-11-28T03:00:00Z",
+            "host": host,
+            "hardware": {"host": {"hostname": host}, "gpus": [{"index": 0, "name": gpu}]},
+            "configs": [
+                {"config_id": name(cid), "entry": {"id": name(cid), **entry}, "resolved": None}
+                for cid, entry in MODELS.items()
+            ],
             "options": {"reps": 1, "preset": "synthetic"},
         }
     )
@@ -167,11 +187,13 @@ def build_run(
                 output = PAYLOAD
             if changed_output == (cid, request_id):
                 output += " (worded differently)"
-            energy_pt = 0.10 + 0.01 * j if cid == A1 else None
+            energy_pt = 0.10 + 0.01 * j if cid == A1 and with_energy else None
             energy_j = 0.2 * N_GEN if cid == A2 else (energy_pt * N_GEN if energy_pt else None)
+            if not with_energy:
+                energy_j = None
             gap = (latency - ttft) / (N_GEN - 1)
             rec = records.RequestRecord(
-                config_id=cid,
+                config_id=name(cid),
                 rep=0,
                 request_id=request_id,
                 item_id=item,
@@ -199,7 +221,7 @@ def build_run(
                 t_end_unix=t0 + latency / 1000,
                 energy_j=energy_j,
                 energy_per_token_j=energy_pt,
-                power_mean_w=200.0 + j if cid == A1 else None,
+                power_mean_w=200.0 + j if cid == A1 and with_energy else None,
                 host=host,
             )
             run.append(records.REQUESTS_FILE, rec)
@@ -208,7 +230,7 @@ def build_run(
                     records.SCORES_FILE,
                     records.ScoreRecord(
                         key=rec.key,
-                        config_id=cid,
+                        config_id=name(cid),
                         request_id=request_id,
                         item_id=item,
                         variant=variant,
@@ -221,7 +243,7 @@ def build_run(
         run.append(
             records.CONFIGS_FILE,
             records.ConfigRecord(
-                config_id=cid,
+                config_id=name(cid),
                 status="ok",
                 stage="done",
                 n_requests=10,
@@ -237,12 +259,19 @@ def build_run(
     for mem in (3 * GIB, 5 * GIB, 4 * GIB):
         run.append(
             records.TELEMETRY_FILE,
-            records.TelemetrySample(t_unix=t0, config_id=B1, rss_bytes=GIB, cpu_pct=10.0, proc_mem_bytes=mem, power_w=300.0),
+            records.TelemetrySample(
+                t_unix=t0,
+                config_id=name(B1),
+                rss_bytes=GIB,
+                cpu_pct=10.0,
+                proc_mem_bytes=mem,
+                power_w=300.0 if with_energy else None,
+            ),
         )
     run.append(
         records.CONFIGS_FILE,
         records.ConfigRecord(
-            config_id=FAILED,
+            config_id=name(FAILED),
             status="failed",
             stage="load",
             n_requests=0,
