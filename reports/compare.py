@@ -130,10 +130,7 @@ def ratio_cell(ci: RatioCI, higher_is_better: bool) -> Cell:
 
 def _labels(runs: list[RunSummary]) -> list[str]:
     labels = [r.host_label for r in runs]
-    for i, label in enumerate(labels):
-        if labels.count(label) > 1:
-            labels[i] = f"{label} ({runs[i].path.name})"
-    return labels
+    return [f"{label} ({run.path.name})" if labels.count(label) > 1 else label for label, run in zip(labels, runs)]
 
 
 @dataclass
@@ -147,7 +144,7 @@ def runs_section(ctx: CompareContext) -> Section:
     for i, (run, label) in enumerate(zip(ctx.runs, ctx.labels)):
         rows.append(
             [
-                Cell("baseline" if i == 0 else f"run {i + 1}", i),
+                Cell("baseline" if i == 0 else f"run {i + 1}", "baseline" if i == 0 else f"run {i + 1}"),
                 Cell(label, label),
                 Cell(str(run.path), str(run.path)),
                 Cell(str(len({c.config_id for c in run.configs})), len({c.config_id for c in run.configs})),
@@ -157,7 +154,7 @@ def runs_section(ctx: CompareContext) -> Section:
         )
     table = Table(
         "runs",
-        "Runs",
+        "Runs compared",
         [
             Column("role", "Role"),
             Column("machine", "Host · GPU", "from run.json's hardware probe"),
@@ -294,7 +291,6 @@ def _forest(key: str, labels: list[str], cis: dict[tuple[str, str], RatioCI]) ->
             ax.plot([ci.ratio], [y], "o", color=colour)
         ax.axvline(1.0, color="#444", lw=1, ls="--")
         ax.set_title(label, fontsize=10)
-        ax.set_xscale("log")
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(list(ys.values()), list(ys.keys()), fontsize=8)
     buf = io.BytesIO()

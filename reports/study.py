@@ -10,7 +10,6 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 
@@ -33,27 +32,39 @@ class StudyMetric:
     column: str  # the study CSV's column
     label: str
     kind: str  # "quality" | "timing"
-    ours: Callable[[ConfigSummary], float | None]
+    source: str  # where ours comes from: "t" timing summary (mean), "q" quality mean, "s" share (%)
+    name: str  # the request field or score metric
     digits: int
     ours_note: str = ""
+
+    def ours(self, c: ConfigSummary) -> tuple[float | None, str]:
+        """Our figure and what it is (mean with sd and n, or k/n)."""
+        if self.source == "s":
+            part = c.s(self.name)
+            return part.pct, (f"{part.k}/{part.n}" if part.n else "")
+        summary = c.t(self.name) if self.source == "t" else c.q(self.name)
+        if summary.empty:
+            return None, ""
+        sd = f"sd {summary.sd:,.{self.digits}f}, " if summary.sd is not None else ""
+        return summary.mean, f"mean, {sd}n={summary.n}"
 
 
 # Timing uses our means, not medians, because the study printed averages.
 METRICS = (
-    StudyMetric("rouge1", "ROUGE-1", "quality", lambda c: c.q("rouge1").mean, 3),
-    StudyMetric("rouge2", "ROUGE-2", "quality", lambda c: c.q("rouge2").mean, 3),
-    StudyMetric("rougeL", "ROUGE-L", "quality", lambda c: c.q("rougeL").mean, 3),
-    StudyMetric("factual", "Factual consistency", "quality", lambda c: c.q("factual_nli").mean, 3),
-    StudyMetric("tps", "TPS (tok/s)", "timing", lambda c: c.t("decode_tps").mean, 1, "our mean decode TPS"),
-    StudyMetric("latency_ms", "Latency (ms)", "timing", lambda c: c.t("latency_ms").mean, 0, "our mean"),
-    StudyMetric("ttft_ms", "TTFT (ms)", "timing", lambda c: c.t("ttft_ms").mean, 0, "our mean"),
-    StudyMetric("json_parse_pct", "JSON parse %", "quality", lambda c: c.s("json_parse_strict").pct, 1, "ours: strict"),
-    StudyMetric("schema_pct", "Schema %", "quality", lambda c: c.s("schema_ok").pct, 1),
-    StudyMetric("len_comply_pct", "Length compliance %", "quality", lambda c: c.s("length_ok").pct, 1),
-    StudyMetric("repetition", "Repetition", "quality", lambda c: c.q("repetition").mean, 3),
-    StudyMetric("field_completeness", "Field completeness", "quality", lambda c: c.q("field_completeness").mean, 3),
-    StudyMetric("extraneous_pct", "Extraneous output %", "quality", lambda c: c.s("extraneous").pct, 1),
-    StudyMetric("key_accuracy", "Key accuracy", "quality", lambda c: c.q("key_accuracy").mean, 3),
+    StudyMetric("rouge1", "ROUGE-1", "quality", "q", "rouge1", 3),
+    StudyMetric("rouge2", "ROUGE-2", "quality", "q", "rouge2", 3),
+    StudyMetric("rougeL", "ROUGE-L", "quality", "q", "rougeL", 3),
+    StudyMetric("factual", "Factual consistency", "quality", "q", "factual_nli", 3),
+    StudyMetric("tps", "TPS (tok/s)", "timing", "t", "decode_tps", 1, "decode TPS"),
+    StudyMetric("latency_ms", "Latency (ms)", "timing", "t", "latency_ms", 0),
+    StudyMetric("ttft_ms", "TTFT (ms)", "timing", "t", "ttft_ms", 0),
+    StudyMetric("json_parse_pct", "JSON parse %", "quality", "s", "json_parse_strict", 1, "ours: strict"),
+    StudyMetric("schema_pct", "Schema %", "quality", "s", "schema_ok", 1),
+    StudyMetric("len_comply_pct", "Length compliance %", "quality", "s", "length_ok", 1),
+    StudyMetric("repetition", "Repetition", "quality", "q", "repetition", 3),
+    StudyMetric("field_completeness", "Field completeness", "quality", "q", "field_completeness", 3),
+    StudyMetric("extraneous_pct", "Extraneous output %", "quality", "s", "extraneous", 1),
+    StudyMetric("key_accuracy", "Key accuracy", "quality", "q", "key_accuracy", 3),
 )
 
 
@@ -110,7 +121,7 @@ def _study_sections(run: RunSummary, study: pd.DataFrame, label: str, suffix: st
     rows, per_metric = [], {m.column: [] for m in METRICS}
     for c, srow in pairs:
         for m in METRICS:
-            ours = m.ours(c)
+            ours, what = m.ours(c)
             theirs = srow.get(m.column)
             theirs = None if theirs is None or pd.isna(theirs) else float(theirs)
             thousands = m.column in ("latency_ms", "ttft_ms")
@@ -127,7 +138,7 @@ def _study_sections(run: RunSummary, study: pd.DataFrame, label: str, suffix: st
                 ours_cell = _num_cell(ours, m.digits, thousands)
                 delta_cell = Cell(f"{delta:+,.{m.digits}f}", delta)
                 ratio_cell = Cell(f"{ratio:.2f}×", ratio) if ratio is not None else missing("study figure is 0")
-            ours_cell.detail = ours_cell.detail or m.ours_note
+            ours_cell.detail = ours_cell.detail or "; ".join(x for x in (what, m.ours_note) if x)
             rows.append(
                 [
                     Cell(c.label, c.label),
@@ -150,7 +161,11 @@ def _study_sections(run: RunSummary, study: pd.DataFrame, label: str, suffix: st
                 Cell(m.label, m.label, "timing: hardware undisclosed" if m.kind == "timing" else ""),
                 Cell(str(len(found)), len(found)),
                 Cell(f"{statistics.median(deltas):+,.{m.digits}f}", statistics.median(deltas)),
-                Cell(f"{statistics.median(ratios):.2f}×", statistics.median(ratios), f"range {min(ratios):.2f}–{max(ratios):.2f}")
+                Cell(
+                    f"{statistics.median(ratios):.2f}×",
+                    statistics.median(ratios),
+                    f"range {min(ratios):.2f}–{max(ratios):.2f}, n={len(ratios)}",
+                )
                 if ratios
                 else missing("study figures are 0"),
             ]
