@@ -181,8 +181,10 @@ def run(spec: WorkerSpec) -> int:
         if prompter.label != "gguf":
             log(f"warning: {spec.model_path} has no chat template; prompts use the ChatML fallback")
         prompts = {}
+        prompt_texts = {}  # the exact rendered prompt, stored with each record (bench crosscheck sends it)
         for request in spec.requests:
             text = prompter.render(request["messages"]).text
+            prompt_texts[request["request_id"]] = text
             prompts[request["request_id"]] = engine.tokenize(text, facts.add_bos, facts.bos_id)
         n_ctx = spec.n_ctx or _context_size(spec, prompts)
         flash_attn = engine.create_context(n_ctx, spec.n_threads, spec.flash_attn)
@@ -263,7 +265,9 @@ def run(spec: WorkerSpec) -> int:
                 t_end_unix=g.t_end_unix,
                 gpu_uuid=spec.gpu_uuid,
                 host=spec.host,
-                extra={"sampler": cpu_sampler.name, "done_ms": (g.t_done_ns - g.t_start_ns) / 1e6},
+                extra={"sampler": cpu_sampler.name, "done_ms": (g.t_done_ns - g.t_start_ns) / 1e6,
+                       "prompt": prompt_texts[request["request_id"]], "add_bos": facts.add_bos,
+                       "bos_token": facts.bos_token},
             )
             _add_energy(record, sampler, g)
             run_dir.append(records.REQUESTS_FILE, record)
