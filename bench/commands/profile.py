@@ -257,9 +257,11 @@ class ProfileCommand:
                     f"--resume: {flag} {mine!r} differs from the run's {theirs!r}; "
                     "a resumed run keeps its options (drop the option, or start a new run)"
                 )
-        # Scoring and download choices may change on resume; they do not alter the records.
+        # Scoring, download and telemetry-rate choices do not alter the records: the run's own
+        # apply unless this command line names them.
         for name in ("download", "score", "nli", "nli_model", "sample_hz"):
-            setattr(saved, name, getattr(options, name))
+            if ctx.get_parameter_source(_PARAM.get(name, name)) == ParameterSource.COMMANDLINE:
+                setattr(saved, name, getattr(options, name))
         config_ids = [c["config_id"] for c in meta.get("configs", [])]
         if (ids and list(ids) != config_ids) or tier or all_:
             raise BenchError(f"--resume: the run's configurations are {', '.join(config_ids)}; do not name others")
@@ -310,7 +312,7 @@ class ProfileCommand:
 
 
 # ProfileOptions field -> click parameter name / flag, where they differ.
-_PARAM = {"warmup": "no_warmup"}
+_PARAM = {"warmup": "no_warmup", "download": "no_download", "score": "no_score", "nli": "no_nli"}
 _FLAG = {"n_threads": "--threads", "warmup": "--no-warmup"}
 
 

@@ -32,7 +32,9 @@ _FA_ENABLED = re.compile(r"Flash Attention enabled")
 _FA_DISABLED = re.compile(r"Flash Attention not supported, set to disabled")
 _FA_PARAM = re.compile(r"flash_attn\s*=\s*(\w+)")
 
-GGML_LOG_LEVEL_DEBUG = 4
+# ggml.h's enum ggml_log_level (llama_cpp/_logger.py's comment has an older order).
+GGML_LOG_LEVEL_DEBUG = 1
+GGML_LOG_LEVEL_ERROR = 4
 GGML_LOG_LEVEL_CONT = 5  # continues the previous message at its level
 
 FLASH_ATTN_TYPES = {"auto": _ll.LLAMA_FLASH_ATTN_TYPE_AUTO, "on": _ll.LLAMA_FLASH_ATTN_TYPE_ENABLED,
@@ -58,6 +60,7 @@ class LlamaLog:
         self._level = 1
         self._partial = ""
         self.lines: deque[str] = deque(maxlen=keep_lines)
+        self.errors: list[str] = []  # ERROR-level lines since mark(); the first is usually the cause
         self.n_layers_offloaded: int | None = None
         self.n_layers_offloadable: int | None = None
         self.flash_attn: bool | None = None
@@ -80,8 +83,14 @@ class LlamaLog:
         except Exception:  # noqa: BLE001 - an exception must never unwind into C
             pass
 
+    def mark(self) -> None:
+        """Start collecting errors afresh (before a load, a context creation)."""
+        self.errors = []
+
     def _line(self, line: str) -> None:
         self.lines.append(line)
+        if self._level == GGML_LOG_LEVEL_ERROR:
+            self.errors.append(line.strip())
         m = _OFFLOADED.search(line)
         if m:
             self.n_layers_offloaded, self.n_layers_offloadable = int(m.group(1)), int(m.group(2))
@@ -223,10 +232,11 @@ class Engine:
     def load_model(self, path: str, n_gpu_layers: int) -> ModelFacts:
         params = _ll.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers  # -1: every layer (llama.cpp resolves it to n_layer + 1)
+        self.log.mark()
         model = _ll.llama_model_load_from_file(path.encode("utf-8"), params)
         self.log.flush()
         if not model:
-            reason = _last_error_line(self.log.lines)
+            reason = _reason(self.log)
             raise EngineError(f"llama.cpp could not load {path}" + (f": {reason}" if reason else ""))
         self.model = model
         self.vocab = _ll.llama_model_get_vocab(model)
@@ -268,10 +278,11 @@ class Engine:
         params.flash_attn_type = FLASH_ATTN_TYPES[flash_attn]
         params.no_perf = True
         self.log.flash_attn = None
+        self.log.mark()
         ctx = _ll.llama_init_from_model(self.model, params)
         self.log.flush()
         if not ctx:
-            reason = _last_error_line(self.log.lines)
+            reason = _reason(self.log)
             raise EngineError("llama.cpp could not create a context" + (f": {reason}" if reason else ""))
         self.ctx = ctx
         self.n_ctx = int(_ll.llama_n_ctx(ctx))
@@ -405,10 +416,9 @@ class Engine:
         return buf.raw[: max(n, 0)]
 
 
-def _last_error_line(lines: Sequence[str]) -> str | None:
-    """The most telling recent llama.cpp line: an error if there is one, else the last line."""
-    for line in reversed(lines):
-        low = line.lower()
-        if "error" in low or "failed" in low or "invalid" in low or "out of memory" in low:
-            return line.strip()
-    return lines[-1].strip() if lines else None
+def _reason(log: LlamaLog) -> str | None:
+    """Why llama.cpp refused: its first error line since the attempt began (the root cause, e.g.
+    "this GGUF file is version ... " before the generic "failed to load model"), else its last line."""
+    if log.errors:
+        return log.errors[0]
+    return log.lines[-1].strip() if log.lines else None
