@@ -83,6 +83,52 @@ class SampleSeries:
             return vs[after]
         return vs[before] + (vs[after] - vs[before]) * (t - t_a) / (t_b - t_a)
 
+    def counter_at(self, t: float) -> float | None:
+        """The energy counter (mJ) at time t, placed by when the counter changed.
+
+        NVML refreshes the energy counter only every ~100 ms (seen on H200, driver 580), so a
+        20 Hz sampler sees each value twice; interpolating between those plateaus would misplace
+        up to 100 ms of energy at each window edge. Instead each new value is placed midway
+        between the last sample that showed the old value and the first that showed the new one
+        (its update time, to within half a sample period) and the counter is interpolated between
+        these change points. Past the newest change point (a request that ended a moment ago) it
+        is extended by the measured power; without change points nearby, plain interpolation.
+        """
+        ts, counter = self.t, self.columns["energy_mj"]
+        lo = max(bisect_left(ts, t - self.max_gap_s) - 1, 0)
+        hi = bisect_right(ts, t + self.max_gap_s)
+        points = [(ts[i], counter[i]) for i in range(lo, hi) if not math.isnan(counter[i])]
+        if not points or not points[0][0] <= t <= points[-1][0]:
+            return None  # outside what was sampled: no extrapolation into the unknown
+        changes = [((ta + tb) / 2.0, cb) for (ta, ca), (tb, cb) in zip(points, points[1:]) if cb != ca]
+        i = bisect_right([u for u, _ in changes], t)
+        before = changes[i - 1] if i > 0 else None
+        after = changes[i] if i < len(changes) else None
+        if before and after and after[0] - before[0] <= self.max_gap_s:
+            (ua, ca), (ub, cb) = before, after
+            return ca + (cb - ca) * (t - ua) / (ub - ua)
+        if before and t - before[0] <= self.max_gap_s:
+            power_w = self._mean_power(before[0], t)
+            if power_w is not None:
+                return before[1] + power_w * (t - before[0]) * 1000.0
+        if after and after[0] - t <= self.max_gap_s:
+            power_w = self._mean_power(t, after[0])
+            if power_w is not None:
+                return after[1] - power_w * (after[0] - t) * 1000.0
+        return self.value_at("energy_mj", t)
+
+    def _counter_rises(self, t0: float, t1: float) -> bool:
+        """No step down in the counter readings that counter_at may have used for [t0, t1]."""
+        ts, counter = self.t, self.columns["energy_mj"]
+        lo = max(bisect_left(ts, t0 - self.max_gap_s) - 1, 0)
+        hi = bisect_right(ts, t1 + self.max_gap_s)
+        values = [counter[i] for i in range(lo, hi) if not math.isnan(counter[i])]
+        return all(b >= a for a, b in zip(values, values[1:]))
+
+    def _mean_power(self, ta: float, tb: float) -> float | None:
+        ends = [p for p in (self.value_at("power_w", ta), self.value_at("power_w", tb)) if p is not None]
+        return sum(ends) / len(ends) if ends else None
+
     def _inside(self, name: str, lo: int, hi: int) -> list[float]:
         column = self.columns[name]
         return [column[i] for i in range(lo, hi) if not math.isnan(column[i])]
@@ -111,9 +157,9 @@ class SampleSeries:
         duration_s = t1 - t0
 
         energy_j, source = None, None
-        e0, e1 = self.value_at("energy_mj", t0), self.value_at("energy_mj", t1)
+        e0, e1 = self.counter_at(t0), self.counter_at(t1)
         # A counter that went backwards (driver reload) cannot be trusted over this window.
-        if e0 is not None and e1 is not None and e1 >= e0:
+        if e0 is not None and e1 is not None and self._counter_rises(t0, t1):
             energy_j, source = (e1 - e0) / 1000.0, "counter"
 
         p0, p1 = self.value_at("power_w", t0), self.value_at("power_w", t1)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import random
 import subprocess
 import sys
 import threading
@@ -193,20 +195,61 @@ def test_sink_gets_batches_while_running():
 # -- energy arithmetic with a synthetic GPU ---------------------------------------------------------
 
 
-def test_window_energy_from_the_counter_interpolates_at_both_edges():
-    # 100 W for a second, then 200 W, then 300 W: the counter (mJ) at t = 0, 1, 2, 3 s.
+# NVML refreshes the energy counter every 100 ms; at 20 Hz each value shows up twice. Counter (mJ)
+# and power (W) at t = 0, 0.05, ... 0.30 s for a steady 200 W: the new values appear between samples,
+# so the change points sit at 0.075 s (20 000 mJ), 0.175 s (40 000) and 0.275 s (60 000).
+PLATEAU_TIMES = [1000.0 + 0.05 * i for i in range(7)]
+PLATEAU_READINGS = [{"energy_mj": e, "power_w": 200.0} for e in (0, 0, 20_000, 20_000, 40_000, 40_000, 60_000)]
+
+
+def test_counter_energy_is_placed_by_when_the_counter_changed():
+    sampler = _scripted_sampler(PLATEAU_TIMES, PLATEAU_READINGS, hz=20)
+    stats = sampler.window(1000.10, 1000.25)
+    # counter at 0.10 s: 20 000 + 20 000 x 0.025/0.1 = 25 000; at 0.25 s: 40 000 + 15 000 = 55 000.
+    # (Interpolating between the plateaus would say 20 000 -> 40 000: 20 J instead of 30 J.)
+    assert stats.energy_source == "counter"
+    assert stats.energy_j == pytest.approx(30.0)
+    assert stats.power_mean_w == pytest.approx(200.0)
+    assert stats.n_samples == 4
+
+
+def test_counter_energy_past_the_last_change_is_extended_by_the_measured_power():
+    sampler = _scripted_sampler(PLATEAU_TIMES, PLATEAU_READINGS, hz=20)
+    # 0.30 s is the last sample, after the last change point (0.275 s): 60 000 + 200 W x 0.025 s.
+    stats = sampler.window(1000.10, 1000.30)
+    assert stats.energy_j == pytest.approx(40.0)
+
+
+def test_counter_energy_matches_a_steady_load_whatever_the_window():
+    # A 250 W load; the counter refreshes every 100 ms at an odd phase; sampled at 20 Hz.
+    start, power_w = 1000.0, 250.0
+    times = [start + 0.011 + 0.05 * i for i in range(60)]
+    readings = [
+        {"energy_mj": power_w * 1000.0 * (math.floor((t - start - 0.037) / 0.1) * 0.1 + 0.037), "power_w": power_w}
+        for t in times
+    ]
+    sampler = _scripted_sampler(times, readings, hz=20)
+    rng = random.Random(7)
+    for _ in range(200):
+        t0 = rng.uniform(times[0], times[-1])
+        t1 = rng.uniform(t0, times[-1])
+        stats = sampler.window(t0, t1)
+        assert stats.energy_source == "counter"
+        assert stats.energy_j == pytest.approx(power_w * (t1 - t0), abs=1e-6)
+
+
+def test_window_energy_from_a_counter_sampled_slowly():
+    # At 1 Hz every sample sees a new value: 100 W, then 200 W, then 300 W.
     sampler = _scripted_sampler(
         [1000.0, 1001.0, 1002.0, 1003.0],
         [{"energy_mj": e, "power_w": p} for e, p in [(0, 100), (100_000, 100), (300_000, 200), (600_000, 300)]],
     )
-    stats = sampler.window(1000.5, 1002.5)
-    # counter at 0.5 s: 50 000 mJ; at 2.5 s: 450 000 mJ -> 400 J.
+    stats = sampler.window(1001.0, 1002.0)
+    # change points at 1000.5 (100 000), 1001.5 (300 000), 1002.5 (600 000): 200 000 -> 450 000 mJ.
     assert stats.energy_source == "counter"
-    assert stats.energy_j == pytest.approx(400.0)
-    assert stats.power_mean_w == pytest.approx(200.0)
+    assert stats.energy_j == pytest.approx(250.0)
     assert stats.n_samples == 2
-    # power at 2.5 s interpolates to 250 W, above the 200 W sample inside the window.
-    assert stats.power_peak_w == pytest.approx(250.0)
+    assert stats.power_peak_w == pytest.approx(200.0)
 
 
 def test_window_energy_integrates_power_where_there_is_no_counter():
@@ -471,26 +514,27 @@ def test_probe_finds_a_gpu():
 
 @pytest.mark.gpu
 def test_sampler_measures_power_and_energy_on_a_gpu():
+    """Over a second of matrix products: power and energy are there, and the energy counter agrees
+    with the integral of the sampled power (a check of the units on real hardware)."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch has no CUDA here")
+    a = torch.randn(4096, 4096, device="cuda")
+    torch.cuda.synchronize()  # CUDA's start-up happens here, not inside the measured second
     stop = threading.Event()
 
     def gpu_work():
-        try:
-            import torch
-
-            if not torch.cuda.is_available():
-                return
-            a = torch.randn(4096, 4096, device="cuda")
-            while not stop.is_set():
-                a = (a @ a).clamp_(-1, 1)
-                torch.cuda.synchronize()
-        except ImportError:
-            return  # an idle GPU still draws power and advances its energy counter
+        b = a
+        while not stop.is_set():
+            b = (a @ b).clamp_(-1, 1)
+            torch.cuda.synchronize()
 
     batches = []
     worker = threading.Thread(target=gpu_work)
     with TelemetrySampler(hz=20, sink=batches.append) as sampler:
         assert sampler.nvml_available, sampler.nvml_reason
         worker.start()
+        time.sleep(0.3)
         t0 = time.time()
         time.sleep(1.0)
         t1 = time.time()
@@ -499,7 +543,11 @@ def test_sampler_measures_power_and_energy_on_a_gpu():
         worker.join()
     samples = [s for batch in batches for s in batch]
     assert all(s["power_w"] is not None and s["power_w"] > 0 for s in samples)
-    assert stats.energy_j is not None and stats.energy_j > 0
-    assert stats.power_mean_w > 0 and stats.power_peak_w > 0
+    assert stats.energy_source == "counter"
+    assert stats.energy_j > 0 and stats.power_mean_w > 0 and stats.power_peak_w >= stats.power_mean_w * 0.9
     assert stats.peak_mem_used_bytes > 0
     assert stats.n_samples >= 15
+    inside = [(s["t_unix"], s["power_w"]) for s in samples if t0 <= s["t_unix"] <= t1]
+    integrated_j = sum((tb - ta) * (pa + pb) / 2 for (ta, pa), (tb, pb) in zip(inside, inside[1:]))
+    covered_s = inside[-1][0] - inside[0][0]
+    assert stats.energy_j / (t1 - t0) == pytest.approx(integrated_j / covered_s, rel=0.2)
