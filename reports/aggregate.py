@@ -303,7 +303,11 @@ def load_run(path: str | Path) -> RunSummary:
             )
 
     models = model_entries(meta)
-    vram_fallback, power_samples = _telemetry_by_config(run)
+    # Telemetry can run to hundreds of thousands of lines: read it only when a figure must come from it.
+    needs_telemetry = any(not r.peak_vram_bytes for r in config_records.values()) or any(
+        r.power_mean_w is None for r in requests
+    )
+    vram_fallback, power_samples = _telemetry_by_config(run) if needs_telemetry else ({}, {})
 
     groups: dict[tuple[str, str], list[records.RequestRecord]] = {}
     for rec in requests:

@@ -73,11 +73,12 @@ def _json_findings(scored: list[ConfigSummary]) -> list[str]:
 def _text_findings(scored: list[ConfigSummary]) -> list[str]:
     out = []
     reps = [c.q("repetition").mean for c in scored if c.q("repetition").mean is not None]
-    typical = sorted(reps)[len(reps) // 2] if reps else None
+    # Set against the run's median only where there are enough configurations for a median to mean much.
+    typical = sorted(reps)[len(reps) // 2] if len(reps) >= 3 else None
     for c in scored:
         rep = c.q("repetition").mean
         if rep is not None and rep > MAX_REPETITION:
-            times = f", {rep / typical:.0f}× the run's median" if typical else ""
+            times = f", {rep / typical:.0f}× the run's median" if typical and rep / typical >= 2 else ""
             out.append(f"{c.label}: repetition {rep:.3f} (above {MAX_REPETITION}{times}).")
         length = c.s("length_ok")
         if length.n and length.pct < MIN_LENGTH_OK_PCT:
@@ -157,13 +158,13 @@ def _run_health(run: RunSummary) -> list[str]:
     out = []
     for c in run.configs:
         crec = run.config_records.get(c.config_id)
-        if crec and crec.n_layers_total and crec.n_layers_offloaded is not None and crec.n_layers_offloaded < crec.n_layers_total:
+        if c.device == "cpu":
+            out.append(f"{c.label}: ran on the CPU; its timings are CPU timings, not GPU ones.")
+        elif crec and crec.n_layers_total and crec.n_layers_offloaded is not None and crec.n_layers_offloaded < crec.n_layers_total:
             out.append(
                 f"{c.label}: only {crec.n_layers_offloaded} of {crec.n_layers_total} layers ran on the GPU; "
                 "its timings are not full-offload timings."
             )
-        elif c.device == "cpu":
-            out.append(f"{c.label}: ran on the CPU; its timings are CPU timings.")
         tps = c.t("decode_tps")
         if tps.n >= 5 and tps.p10 and tps.p90 / tps.p10 > TPS_SPREAD_RATIO:
             out.append(

@@ -8,11 +8,13 @@ from pathlib import Path
 from reports.document import Bullets, Cell, Document, Figure, Note, Paragraph, Samples, Skipped, Table
 
 _MD_SPECIAL = re.compile(r"([\\`*\[\]|])")
+_ENTITY = re.compile(r"&(?=#?[0-9A-Za-z]+;)")
 
 
 def md_text(text: str) -> str:
     """Plain text made inert in Markdown: no raw HTML, no table breaks, no stray formatting."""
-    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    # "<" is what opens raw HTML; "&" only matters where it would read as an entity.
+    text = _ENTITY.sub("&amp;", text).replace("<", "&lt;")
     text = _MD_SPECIAL.sub(r"\\\1", text)
     return " ".join(text.split())  # newlines would end a table row or a list item
 

@@ -208,7 +208,7 @@ def test_unscored_run_still_reports_timing_with_a_note(tmp_path):
 
 
 def test_markdown_escapes_text_and_fences_outputs(summary):
-    assert md_text("a|b <script>") == "a\\|b &lt;script&gt;"
+    assert md_text("a|b <script> &amp; x > y") == "a\\|b &lt;script> &amp;amp; x > y"
     text = render_md(build_report(summary, with_plots=False))
     assert "<script>" not in text.split("## Sample outputs")[0]
     # The output holds ``` itself, so its fence must be longer.
