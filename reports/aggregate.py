@@ -302,6 +302,13 @@ def load_run(path: str | Path) -> RunSummary:
                 f"run bench score {run.path} to score them"
             )
 
+    if scores:
+        never = [name for name in ("factual_nli", "semantic_sim", "rougeL") if all(m.get(name) is None for m in scores.values())]
+        if never:
+            notes.append(
+                f"not computed for any output: {', '.join(never)} (see the scoring log: a metric's model may have "
+                "been unavailable)"
+            )
     models = model_entries(meta)
     # Telemetry can run to hundreds of thousands of lines: read it only when a figure must come from it.
     needs_telemetry = any(not r.peak_vram_bytes for r in config_records.values()) or any(

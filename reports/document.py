@@ -127,7 +127,7 @@ DASH = "—"
 
 
 def missing(reason: str = "") -> Cell:
-    return Cell(text=DASH, value=None, detail="", fields={"why_missing": reason} if reason else {})
+    return Cell(text=DASH, value=None, detail=reason, fields={"why_missing": reason} if reason else {})
 
 
 def number_text(value: float | None, digits: int = 1, thousands: bool = False) -> str:

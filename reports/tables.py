@@ -245,10 +245,12 @@ def beyond_study(run: RunSummary) -> Table:
     ]
     return Table(
         "beyond_study",
-        "Beyond the study: energy, memory, prefill, token pacing, facts",
+        "Beyond the study",
         columns,
         rows,
-        note=TIMING_NOTE + " Energy and power come from NVML; without NVML they are not measured (—).",
+        note="Energy, power, memory, prefill speed, token pacing and fact checks, which the study did not report. "
+        + TIMING_NOTE
+        + " Energy and power come from NVML; without NVML they are not measured (—).",
     )
 
 
