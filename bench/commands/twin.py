@@ -1,0 +1,61 @@
+"""`bench twin ID`: write a random-weight twin of a manifest model (its exact shapes, real quant types)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from bench.errors import BenchError
+
+
+@click.command("twin")
+@click.argument("model_id")
+@click.option("--quant", "quants", multiple=True, type=click.Choice(["Q4_K_M", "Q8_0"]),
+              help="Quant type (repeat for both); default: the model's own.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the twin (one --quant only); default: the twin cache.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Twin cache (default: $BENCH_TWIN_CACHE or ~/.cache/bench/twins).")
+@click.option("--threads", type=click.IntRange(1), help="Quantizer threads (default: every core).")
+@click.option("--force", is_flag=True, help="Rewrite even if a twin with this shape is on disk.")
+@click.pass_context
+def command(ctx, model_id, quants, out, cache_dir, threads, force):
+    """Write a random-weight twin of MODEL_ID for timing without the real weights.
+
+    The twin has every tensor of the real architecture at the manifest's shapes, random values,
+    and is quantized by llama.cpp's own quantizer, so its size and speed match the real file's.
+    It is marked in its metadata (bench.twin = true, bench.twin_of = MODEL_ID) and by bench in
+    every record; twins are never quality-scored.
+    """
+    from bench import twin
+    from bench.manifest import load_manifest
+
+    root = ctx.find_root().obj
+    manifest = load_manifest(root.manifest_path if root else None)
+    entry = manifest.get(model_id)
+    quants = list(quants) or [entry.quant]
+    if any(q not in twin.TWIN_QUANTS for q in quants):
+        raise BenchError(f"{model_id} is {entry.quant}; twins are Q4_K_M or Q8_0: pass --quant")
+    if out is not None and len(quants) > 1:
+        raise click.UsageError("--out names one file: give one --quant")
+    if entry.shape is None:
+        raise BenchError(f"{model_id}: the manifest entry has no [model.shape]; a twin needs the exact architecture")
+    out_paths = {quants[0]: out} if out is not None else None
+    results = twin.make_twins(entry.id, entry.arch, entry.shape, quants, out_paths=out_paths, cache_dir=cache_dir,
+                              nthread=threads, force=force, progress=lambda m: click.echo(m))
+    for r in results:
+        real = _real_size(manifest, entry, r.quant)
+        vs = f"; the real file is {real / 2**30:.3f} GiB ({r.size_bytes / real:.3f}x)" if real else ""
+        click.echo(f"twin of {entry.id} at {r.quant}: {r.path} ({r.size_bytes / 2**30:.3f} GiB"
+                   f"{', reused' if r.reused else ''}){vs}")
+
+
+def _real_size(manifest, entry, quant: str) -> int | None:
+    """Size of the real file of this family at `quant`, when the manifest records it."""
+    if entry.quant == quant:
+        return entry.size_bytes
+    for other in manifest.entries:
+        if other.family == entry.family and other.params_b == entry.params_b and other.quant == quant:
+            return other.size_bytes
+    return None
