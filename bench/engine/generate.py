@@ -153,6 +153,20 @@ class CpuSampler:
         return chain
 
 
+class GpuSampler(CpuSampler):
+    """The same chain run inside llama.cpp's compute graph ("backend sampling", experimental).
+
+    Attached to the context with `llama_set_sampler`, the chain runs on the device that holds the
+    output layer right after the logits, so a step copies one token id back instead of the whole
+    vocabulary's logits and no CPU pass over them is made. `Engine.attach_gpu_sampler` attaches it
+    and says whether llama.cpp took it; grammar-constrained requests cannot run there (the grammar
+    is a CPU sampler), so they use `chain(grammar)`, the CPU chain, with the backend chain detached.
+    """
+
+    name = "gpu"
+    backend = True
+
+
 def schema_grammar(schema: dict) -> str:
     """GBNF for a JSON schema, via llama-cpp-python's converter (root rule `root`)."""
     from llama_cpp.llama_grammar import json_schema_to_gbnf
@@ -226,6 +240,12 @@ class Engine:
         self._one_token = (_ll.llama_token * 1)()
         self._one_batch = None
         self._piece = ctypes.create_string_buffer(256)
+        # Backend sampler chains attached to the context, by sequence id. The context holds raw
+        # pointers to them, so they are freed only after it is detached or freed.
+        self._gpu_chains: dict[int, int] = {}
+        self._gpu_sampler: GpuSampler | None = None
+        self._gpu_seq_ids: tuple[int, ...] = (0,)
+        self._gpu_detached = False  # detached for a grammar request; re-attached on the next plain one
 
     # -- load ----------------------------------------------------------------------------------
 
@@ -266,13 +286,17 @@ class Engine:
         )
 
     def create_context(self, n_ctx: int, n_threads: int, flash_attn: str = "auto",
-                       n_batch: int = 2048) -> bool | None:
-        """Create the context; returns whether flash attention ended up on (None if unknown)."""
+                       n_batch: int = 2048, n_seq_max: int = 1) -> bool | None:
+        """Create the context; returns whether flash attention ended up on (None if unknown).
+
+        n_batch 2048 / n_ubatch 512 are llama-bench's defaults. `n_seq_max` > 1 gives that many
+        independent sequences (throughput mode), each with n_ctx / n_seq_max cells.
+        """
         params = _ll.llama_context_default_params()
         params.n_ctx = n_ctx
         params.n_batch = min(n_batch, n_ctx)
         params.n_ubatch = min(512, params.n_batch)
-        params.n_seq_max = 1
+        params.n_seq_max = n_seq_max
         params.n_threads = n_threads
         params.n_threads_batch = n_threads
         params.flash_attn_type = FLASH_ATTN_TYPES[flash_attn]
@@ -294,13 +318,89 @@ class Engine:
             return False
         return self.log.flash_attn
 
-    def close(self) -> None:
+    def free_context(self) -> None:
+        """Free the context (and its backend sampler chains), keeping the model for a new one."""
         if self.ctx:
             _ll.llama_free(self.ctx)
             self.ctx = None
+        self._free_gpu_chains()
+        self._gpu_sampler = None
+        self._gpu_detached = False
+
+    def close(self) -> None:
+        self.free_context()
         if self.model:
             _ll.llama_model_free(self.model)
             self.model = None
+
+    # -- backend ("GPU") sampling --------------------------------------------------------------
+
+    def attach_gpu_sampler(self, sampler: "GpuSampler", seq_ids: Sequence[int] = (0,)) -> bool:
+        """Attach `sampler`'s chain to the context for each sequence; False if llama.cpp refused.
+
+        On refusal (a build or device that cannot run the chain's ops, an old llama.cpp without
+        `llama_set_sampler`) nothing stays attached and the caller samples on the CPU.
+        """
+        set_sampler = getattr(_ll, "llama_set_sampler", None)
+        if set_sampler is None or not self.ctx:
+            return False
+        self._detach_gpu_sampler()
+        self._free_gpu_chains()
+        for seq in seq_ids:
+            chain = sampler.chain(None)
+            self.log.mark()
+            ok = bool(set_sampler(self.ctx, seq, chain))
+            self.log.flush()
+            if not ok:
+                _ll.llama_sampler_free(chain)
+                self._detach_gpu_sampler()
+                self._free_gpu_chains()
+                return False
+            self._gpu_chains[seq] = chain
+        self._gpu_sampler = sampler
+        self._gpu_seq_ids = tuple(seq_ids)
+        self._gpu_detached = False
+        self._settle()
+        return True
+
+    def gpu_chain(self, seq: int = 0):
+        return self._gpu_chains.get(seq)
+
+    def _detach_gpu_sampler(self) -> None:
+        if self.ctx and self._gpu_chains:
+            for seq in self._gpu_chains:
+                _ll.llama_set_sampler(self.ctx, seq, None)
+
+    def _free_gpu_chains(self) -> None:
+        for chain in self._gpu_chains.values():
+            _ll.llama_sampler_free(chain)
+        self._gpu_chains = {}
+
+    def select_gpu_chain(self, wanted: bool) -> bool:
+        """Detach the backend chains for grammar requests, or bring them back for plain ones;
+        returns whether backend chains are attached now.
+
+        Either change makes llama.cpp rebuild its compute graph on the next decode; `_settle` pays
+        for that with an untimed one-token decode, so no timed request carries it.
+        """
+        if self._gpu_sampler is None:
+            return False
+        if wanted and self._gpu_detached:
+            self.attach_gpu_sampler(self._gpu_sampler, self._gpu_seq_ids)
+        elif not wanted and not self._gpu_detached and self._gpu_chains:
+            self._detach_gpu_sampler()
+            self._free_gpu_chains()  # backend_init runs once per chain: a re-attach needs a new one
+            self._gpu_detached = True
+            self._settle()
+        return bool(self._gpu_chains)
+
+    def _settle(self) -> None:
+        """One throw-away decode so graph (re)building happens outside any timed request."""
+        self.clear_cache()
+        self._one_token[0] = max(int(_ll.llama_vocab_bos(self.vocab)), 0)
+        _ll.llama_decode(self.ctx, _ll.llama_batch_get_one(self._one_token, 1))
+        _ll.llama_synchronize(self.ctx)
+        self.clear_cache()
 
     # -- tokens --------------------------------------------------------------------------------
 
@@ -336,35 +436,50 @@ class Engine:
         _ll.llama_memory_clear(_ll.llama_get_memory(self.ctx), True)
 
     def generate(self, prompt_tokens: Sequence[int], max_tokens: int, sampler: Sampler,
-                 grammar: str | None = None) -> Generation:
+                 grammar: str | None = None, ignore_eos: bool = False) -> Generation:
+        """One timed request. `ignore_eos`: generate exactly max_tokens (twins, calibration).
+
+        With a GpuSampler attached (`attach_gpu_sampler`) and no grammar, the attached chain samples
+        inside the graph; its state is reset first, so a seeded request repeats exactly.
+        """
         if len(prompt_tokens) + max_tokens > self.n_ctx:
             raise GenerationError(
                 f"prompt ({len(prompt_tokens)} tokens) + max_tokens ({max_tokens}) exceeds n_ctx {self.n_ctx}"
             )
+        wanted = bool(getattr(sampler, "backend", False)) and grammar is None
+        if self.select_gpu_chain(wanted) and wanted and 0 in self._gpu_chains:
+            chain = self._gpu_chains[0]
+            _ll.llama_sampler_reset(chain)
+            self.clear_cache()
+            g = self._run(prompt_tokens, max_tokens, chain, ignore_eos)
+            g.extra["sampler"] = "gpu"
+            return g
         chain = sampler.chain(grammar)
         try:
             self.clear_cache()
-            return self._run(prompt_tokens, max_tokens, chain)
+            g = self._run(prompt_tokens, max_tokens, chain, ignore_eos)
+            g.extra["sampler"] = "cpu"
+            return g
         finally:
             _ll.llama_sampler_free(chain)
 
-    def _run(self, prompt_tokens: Sequence[int], max_tokens: int, chain) -> Generation:
-        ctx, vocab = self.ctx, self.vocab
+    def _run(self, prompt_tokens: Sequence[int], max_tokens: int, chain, ignore_eos: bool = False) -> Generation:
+        ctx = self.ctx
         # Local names: each attribute lookup in the per-token loop is time not spent decoding.
+        # Per token the loop makes one sample call, one EOG check (none with ignore_eos), one
+        # clock read, two list appends and one decode; text is made from the ids after the clock
+        # stops, so detokenising costs the timed tokens nothing.
         sample = _ll.llama_sampler_sample
         decode = _ll.llama_decode
         is_eog = _ll.llama_vocab_is_eog
-        to_piece = _ll.llama_token_to_piece
+        vocab = self.vocab
         now = time.perf_counter_ns
         one_token, one_batch = self._one_token, self._one_batch
-        piece = self._piece
-        piece_len = len(piece)
 
         n_prompt = len(prompt_tokens)
         prompt = (_ll.llama_token * n_prompt)(*prompt_tokens)
         token_ids: list[int] = []
         times: list[int] = []
-        out = bytearray()
         add_id, add_time = token_ids.append, times.append
         finish = "length"
         last = max_tokens - 1
@@ -378,25 +493,32 @@ class Engine:
             rc = decode(ctx, _ll.llama_batch_get_one(chunk, n))
             if rc != 0:
                 raise GenerationError(f"llama_decode failed on the prompt (code {rc})")
-        for i in range(max_tokens):
-            tok = sample(chain, ctx, -1)
-            t = now()
-            if is_eog(vocab, tok):
-                finish = "stop"
-                break
-            add_time(t)
-            add_id(tok)
-            n = to_piece(vocab, tok, piece, piece_len, 0, False)
-            if n > 0:
-                out += piece.raw[:n] if n <= 16 else ctypes.string_at(piece, n)
-            elif n < 0:
-                out += self._long_piece(tok, -n)
-            if i == last:
-                break
-            one_token[0] = tok
-            rc = decode(ctx, one_batch)
-            if rc != 0:
-                raise GenerationError(f"llama_decode failed at generated token {i + 1} (code {rc})")
+        if ignore_eos:
+            for i in range(max_tokens):
+                tok = sample(chain, ctx, -1)
+                add_time(now())
+                add_id(tok)
+                if i == last:
+                    break
+                one_token[0] = tok
+                rc = decode(ctx, one_batch)
+                if rc:
+                    raise GenerationError(f"llama_decode failed at generated token {i + 1} (code {rc})")
+        else:
+            for i in range(max_tokens):
+                tok = sample(chain, ctx, -1)
+                t = now()
+                if is_eog(vocab, tok):
+                    finish = "stop"
+                    break
+                add_time(t)
+                add_id(tok)
+                if i == last:
+                    break
+                one_token[0] = tok
+                rc = decode(ctx, one_batch)
+                if rc:
+                    raise GenerationError(f"llama_decode failed at generated token {i + 1} (code {rc})")
         t_done = now()
         return Generation(
             token_ids=token_ids,
@@ -404,11 +526,25 @@ class Engine:
             t_start_ns=t_start,
             t_done_ns=t_done,
             t_start_unix=t_start_unix,
-            # Bytes are joined before decoding, so a character split across tokens stays whole.
-            text=out.decode("utf-8", errors="replace"),
+            text=self.detokenize(token_ids),
             finish_reason=finish,
             n_prompt_tokens=n_prompt,
         )
+
+    def detokenize(self, token_ids: Sequence[int]) -> str:
+        """The text of generated tokens: their pieces (special tokens as empty), joined as bytes
+        before decoding so a character split across tokens stays whole."""
+        to_piece = _ll.llama_token_to_piece
+        vocab, piece = self.vocab, self._piece
+        piece_len = len(piece)
+        out = bytearray()
+        for tok in token_ids:
+            n = to_piece(vocab, tok, piece, piece_len, 0, False)
+            if n > 0:
+                out += piece.raw[:n]
+            elif n < 0:
+                out += self._long_piece(tok, -n)
+        return out.decode("utf-8", errors="replace")
 
     def _long_piece(self, tok: int, size: int) -> bytes:
         buf = ctypes.create_string_buffer(size)
