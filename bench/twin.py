@@ -410,8 +410,11 @@ def write_source_gguf(path: str | Path, model_id: str, arch: str, shape, *, seed
 
 
 def quantize(src: str | Path, dst: str | Path, quant: str, nthread: int | None = None,
-             log: Callable[[str], None] | None = None) -> None:
-    """llama.cpp's own quantizer (the code path of llama-quantize), on every core by default."""
+             log: Callable[[str], None] | None = None, set_strings: dict[str, str] | None = None) -> None:
+    """llama.cpp's own quantizer (the code path of llama-quantize), on every core by default.
+
+    `set_strings` overrides string metadata in the output (the quantizer copies every other key).
+    """
     import ctypes
 
     import llama_cpp as ll
@@ -422,6 +425,14 @@ def quantize(src: str | Path, dst: str | Path, quant: str, nthread: int | None =
     params = ll.llama_model_quantize_default_params()
     params.ftype = ftypes[quant]
     params.nthread = nthread or os.cpu_count() or 1
+    overrides = None
+    if set_strings:
+        overrides = (ll.llama_model_kv_override * (len(set_strings) + 1))()  # zeroed last entry ends it
+        for o, (key, value) in zip(overrides, set_strings.items()):
+            o.tag = ll.LLAMA_KV_OVERRIDE_TYPE_STR
+            o.key = key.encode()[:127]
+            o.value.val_str = value.encode()[:127]
+        params.kv_overrides = ctypes.cast(overrides, ctypes.POINTER(ll.llama_model_kv_override))
     errors: list[str] = []
 
     def on_log(level, text, user_data):  # keep llama.cpp's chatter out of the terminal
@@ -512,10 +523,13 @@ def _field_value(field):  # older gguf packages lack ReaderField.contents()
 
 def make_twins(model_id: str, arch: str, shape, quants: Iterable[str], out_paths: dict[str, Path] | None = None,
                cache_dir: Path | None = None, nthread: int | None = None, force: bool = False,
-               progress: Callable[[str], None] | None = None) -> list[TwinFile]:
+               progress: Callable[[str], None] | None = None,
+               ids_by_quant: dict[str, str] | None = None) -> list[TwinFile]:
     """Twins of one model at each quant; the F16 source is written once and deleted afterwards.
 
-    A twin already on disk with the same shape hash is reused unless `force`.
+    `ids_by_quant` names the manifest entry each quant's twin stands for (e.g. the model's Q8_0
+    entry for the Q8_0 twin), default `model_id`. A twin already on disk with the same shape
+    hash is reused unless `force`.
     """
     say = progress or (lambda message: None)
     quants = list(dict.fromkeys(quants))
@@ -525,18 +539,19 @@ def make_twins(model_id: str, arch: str, shape, quants: Iterable[str], out_paths
     check_shape(arch, shape)
     digest = shape_hash(arch, shape)
     cache = Path(cache_dir) if cache_dir is not None else twin_cache_dir()
+    ids = {quant: (ids_by_quant or {}).get(quant, model_id) for quant in quants}
     targets = {}
     for quant in quants:
         given = (out_paths or {}).get(quant)
-        targets[quant] = Path(given) if given is not None else cache / twin_file_name(model_id, quant, arch, shape)
+        targets[quant] = Path(given) if given is not None else cache / twin_file_name(ids[quant], quant, arch, shape)
     results: list[TwinFile] = []
     todo = []
     for quant in quants:
         path = targets[quant]
         marker = read_twin_marker(path) if path.is_file() and not force else None
-        if marker and marker.get("shape_hash") == digest and marker.get("twin_of") == model_id:
-            results.append(TwinFile(model_id, quant, path, path.stat().st_size, digest, reused=True))
-            say(f"{model_id} {quant}: reusing {path}")
+        if marker and marker.get("shape_hash") == digest and marker.get("twin_of") == ids[quant]:
+            results.append(TwinFile(ids[quant], quant, path, path.stat().st_size, digest, reused=True))
+            say(f"{ids[quant]} {quant}: reusing {path}")
         else:
             todo.append(quant)
     if not todo:
@@ -558,12 +573,13 @@ def make_twins(model_id: str, arch: str, shape, quants: Iterable[str], out_paths
             partial = work / f"twin-{quant}.gguf"
             say(f"{model_id}: quantizing to {quant} …")
             t1 = time.perf_counter()
-            quantize(src, partial, quant, nthread=nthread)
+            quantize(src, partial, quant, nthread=nthread,
+                     set_strings={KEY_TWIN_OF: ids[quant]} if ids[quant] != model_id else None)
             quantize_s = time.perf_counter() - t1
             os.replace(partial, path) if _same_fs(partial, path) else shutil.move(str(partial), str(path))
             size = path.stat().st_size
-            say(f"{model_id}: {quant} twin {path} ({_gib(size)}) in {quantize_s:.1f} s")
-            results.append(TwinFile(model_id, quant, path, size, digest, reused=False,
+            say(f"{ids[quant]}: {quant} twin {path} ({_gib(size)}) in {quantize_s:.1f} s")
+            results.append(TwinFile(ids[quant], quant, path, size, digest, reused=False,
                                     write_s=write_s, quantize_s=quantize_s))
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -571,15 +587,31 @@ def make_twins(model_id: str, arch: str, shape, quants: Iterable[str], out_paths
     return sorted(results, key=lambda r: order[r.quant])
 
 
+def sibling_ids(manifest, entry, quants: Iterable[str]) -> dict[str, str]:
+    """For each quant, the manifest id of the same model at that quant (the entry's own id if none)."""
+    out = {}
+    for quant in quants:
+        out[quant] = entry.id
+        if manifest is None or quant == entry.quant:
+            continue
+        for other in manifest.entries:
+            if (other.family, other.params_b, other.arch, other.quant) == (entry.family, entry.params_b, entry.arch, quant):
+                out[quant] = other.id
+                break
+    return out
+
+
 def ensure_twin(entry, quant: str | None = None, cache_dir: Path | None = None,
-                progress: Callable[[str], None] | None = None) -> TwinFile:
+                progress: Callable[[str], None] | None = None, manifest=None) -> TwinFile:
     """The twin of a manifest entry at `quant` (default: the entry's own), written if not cached."""
     quant = quant or entry.quant
     if quant not in TWIN_QUANTS:
-        raise TwinError(f"{entry.id}: twins are quantized to {' or '.join(TWIN_QUANTS)}; pass --quant")
+        raise TwinError(f"{entry.id} is {entry.quant}: twins are quantized to {' or '.join(TWIN_QUANTS)} "
+                        "(name a Q4_K_M or Q8_0 model, or pass a twin quant)")
     if entry.shape is None:
         raise TwinError(f"{entry.id}: the manifest entry has no [model.shape]; a twin needs the exact architecture")
-    return make_twins(entry.id, entry.arch, entry.shape, [quant], cache_dir=cache_dir, progress=progress)[0]
+    return make_twins(entry.id, entry.arch, entry.shape, [quant], cache_dir=cache_dir, progress=progress,
+                      ids_by_quant=sibling_ids(manifest, entry, [quant]))[0]
 
 
 def _source_bytes(arch: str, shape) -> int:

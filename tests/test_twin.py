@@ -239,15 +239,20 @@ def test_bad_shapes_are_refused_before_writing(tmp_path):
 
 def _manifest_with_tiny_shape(tmp_path):
     s = TINY["qwen2"]
-    path = tmp_path / "models.toml"
-    path.write_text(
-        "schema_version = 1\n\n[[model]]\n"
-        'id = "tiny-qwen:q8_0"\nfamily = "tiny-qwen"\nparams_b = 0.001\ntier = "A"\narch = "qwen2"\n'
-        'quant = "Q8_0"\nsource = "local"\npath = "missing.gguf"\nsize_bytes = 2000000\n'
+    shape = (
         "[model.shape]\n"
         f"n_layer = {s.n_layer}\nn_embd = {s.n_embd}\nn_head = {s.n_head}\nn_head_kv = {s.n_head_kv}\n"
         f"head_dim = {s.head_dim}\nn_ff = {s.n_ff}\nn_vocab = {s.n_vocab}\ntied_embeddings = false\n"
         "attn_bias = true\ncontext_length = 4096\nrope_freq_base = 1000000.0\nnorm_eps = 1e-6\n\n"
+    )
+    path = tmp_path / "models.toml"
+    path.write_text(
+        "schema_version = 1\n\n[[model]]\n"
+        'id = "tiny-qwen:q8_0"\nfamily = "tiny-qwen"\nparams_b = 0.001\ntier = "A"\narch = "qwen2"\n'
+        'quant = "Q8_0"\nsource = "local"\npath = "missing.gguf"\nsize_bytes = 2000000\n' + shape +
+        "[[model]]\n"
+        'id = "tiny-qwen:q4_K_M"\nfamily = "tiny-qwen"\nparams_b = 0.001\ntier = "A"\narch = "qwen2"\n'
+        'quant = "Q4_K_M"\nsource = "local"\npath = "missing.gguf"\nsize_bytes = 1200000\n' + shape +
         "[[model]]\n"
         'id = "noshape:q8_0"\nfamily = "x"\nparams_b = 0.001\ntier = "A"\narch = "llama"\n'
         'quant = "Q8_0"\nsource = "local"\npath = "missing.gguf"\n'
@@ -269,6 +274,20 @@ def test_bench_twin_writes_a_marked_twin(tmp_path):
     assert twin.read_twin_marker(out)["twin_of"] == "tiny-qwen:q8_0"
     assert f"twin of tiny-qwen:q8_0 at Q8_0: {out}" in result.stdout
     assert "the real file is" in result.stdout  # size compared with the manifest's
+
+
+def test_bench_twin_names_each_quant_after_its_own_manifest_entry(tmp_path):
+    manifest = _manifest_with_tiny_shape(tmp_path)
+    cache = tmp_path / "cache"
+    result = bench("--manifest", str(manifest), "twin", "tiny-qwen:q8_0", "--quant", "Q8_0", "--quant", "Q4_K_M",
+                   "--cache-dir", str(cache), "--threads", "1")
+    assert result.returncode == 0, result.stderr
+    markers = {p.name.split(".")[1]: twin.read_twin_marker(p) for p in cache.glob("*.gguf")}
+    assert markers["Q8_0"]["twin_of"] == "tiny-qwen:q8_0"
+    assert markers["Q4_K_M"]["twin_of"] == "tiny-qwen:q4_K_M"
+    assert markers["Q8_0"]["shape_hash"] == markers["Q4_K_M"]["shape_hash"]
+    assert "twin of tiny-qwen:q4_K_M at Q4_K_M" in result.stdout
+    assert not list(cache.glob(".twin-work-*"))  # the shared F16 source is gone
 
 
 @pytest.mark.parametrize("args,message", [

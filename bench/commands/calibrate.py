@@ -109,8 +109,8 @@ def _resolve(target: str, twin: bool, quant: str | None, manifest_path, download
     if twin:
         from bench.twin import ensure_twin
 
-        made = ensure_twin(entry, quant, progress=lambda m: click.echo(m))
-        return made.path, entry.id, True
+        made = ensure_twin(entry, quant, progress=lambda m: click.echo(m), manifest=manifest)
+        return made.path, made.model_id, True
     if quant and quant != entry.quant:
         raise click.UsageError(f"--quant only applies to twins; {entry.id} is {entry.quant}")
     from bench.fetch import resolve_model

@@ -42,20 +42,11 @@ def command(ctx, model_id, quants, out, cache_dir, threads, force):
     if entry.shape is None:
         raise BenchError(f"{model_id}: the manifest entry has no [model.shape]; a twin needs the exact architecture")
     out_paths = {quants[0]: out} if out is not None else None
+    ids = twin.sibling_ids(manifest, entry, quants)
     results = twin.make_twins(entry.id, entry.arch, entry.shape, quants, out_paths=out_paths, cache_dir=cache_dir,
-                              nthread=threads, force=force, progress=lambda m: click.echo(m))
+                              nthread=threads, force=force, progress=lambda m: click.echo(m), ids_by_quant=ids)
     for r in results:
-        real = _real_size(manifest, entry, r.quant)
-        vs = f"; the real file is {real / 2**30:.3f} GiB ({r.size_bytes / real:.3f}x)" if real else ""
-        click.echo(f"twin of {entry.id} at {r.quant}: {r.path} ({r.size_bytes / 2**30:.3f} GiB"
+        real = manifest.get(ids[r.quant]).size_bytes if ids[r.quant] != entry.id or entry.quant == r.quant else None
+        vs = f"; the real file is {real / 2**30:.3f} GiB ({r.size_bytes / real:.4f}x)" if real else ""
+        click.echo(f"twin of {r.model_id} at {r.quant}: {r.path} ({r.size_bytes / 2**30:.3f} GiB"
                    f"{', reused' if r.reused else ''}){vs}")
-
-
-def _real_size(manifest, entry, quant: str) -> int | None:
-    """Size of the real file of this family at `quant`, when the manifest records it."""
-    if entry.quant == quant:
-        return entry.size_bytes
-    for other in manifest.entries:
-        if other.family == entry.family and other.params_b == entry.params_b and other.quant == quant:
-            return other.size_bytes
-    return None
