@@ -91,7 +91,8 @@ def command(ctx, ids, tier, all_, preset, reps, out, resume, device, gpu_flag, c
     )
     root = ctx.find_root().obj
     manifest_path = root.manifest_path if root else None
-    console = Console(highlight=False, soft_wrap=True)
+    # Piped or logged output has no terminal width; 120 columns keep the summary table's units whole.
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
     code = ProfileCommand(console).main(
         ctx, options, ids=list(ids), tier=tier, all_=all_, out=out, resume=resume, manifest_path=manifest_path,
     )

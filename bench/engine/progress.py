@@ -138,24 +138,25 @@ def summary_table(rows: Iterable[dict]) -> Table:
     rows = list(rows)
     show_mode = any(r["mode"] != "plain" for r in rows)
     table = Table(title="bench profile: median per request, p10–p90 below it, over n requests")
-    table.add_column("configuration", no_wrap=True, overflow="fold")
+    # Headers break into word and unit, and never below their longest word: a squeezed terminal
+    # folds the configuration name instead of hiding a unit.
+    table.add_column("configuration", overflow="fold", min_width=8)
     if show_mode:
-        table.add_column("mode")
-    table.add_column("status")
-    table.add_column("device")
+        table.add_column("mode", min_width=11)
+    table.add_column("status\ndevice", min_width=6)
     table.add_column("n", justify="right")
-    table.add_column("decode (tok/s)", justify="right")
-    table.add_column("TTFT (ms)", justify="right")
-    table.add_column("latency (ms)", justify="right")
-    table.add_column("energy (J/token)", justify="right")
+    table.add_column("decode\ntok/s", justify="right", min_width=9, no_wrap=True)
+    table.add_column("TTFT\nms", justify="right", min_width=9, no_wrap=True)
+    table.add_column("latency\nms", justify="right", min_width=9, no_wrap=True)
+    table.add_column("energy\nJ/token", justify="right", min_width=7, no_wrap=True)
     for row in rows:
         cells = [row["config_id"]]
         if show_mode:
             cells.append(row["mode"])
         status = row["status"]
+        colour = "green" if status == "ok" else "red"
         cells += [
-            f"[green]{status}[/green]" if status == "ok" else f"[red]{status}[/red]",
-            row["device"] or DASH,
+            f"[{colour}]{status}[/{colour}]\n{row['device'] or DASH}",
             str(row["n_requests"]),
             _fmt(row["decode_tps"], 1),
             _fmt(row["ttft_ms"], 0),
