@@ -249,9 +249,17 @@ class Engine:
 
     # -- load ----------------------------------------------------------------------------------
 
-    def load_model(self, path: str, n_gpu_layers: int) -> ModelFacts:
+    def load_model(self, path: str, n_gpu_layers: int, *, split_mode: int | None = None,
+                   tensor_split: list[float] | None = None) -> ModelFacts:
+        """Load the model; `split_mode`/`tensor_split` spread it over several visible GPUs."""
         params = _ll.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers  # -1: every layer (llama.cpp resolves it to n_layer + 1)
+        if split_mode is not None:
+            params.split_mode = split_mode
+        if tensor_split:
+            # llama.cpp reads llama_max_devices() floats; kept on self until the model is freed.
+            self._tensor_split = (ctypes.c_float * int(_ll.llama_max_devices()))(*tensor_split)
+            params.tensor_split = self._tensor_split
         self.log.mark()
         model = _ll.llama_model_load_from_file(path.encode("utf-8"), params)
         self.log.flush()
