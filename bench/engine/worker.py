@@ -64,6 +64,13 @@ class WorkerSpec:
     gpu_uuid: str | None = None
     events_fd: int | None = None
     warmup: bool = True
+    # Scale-out (bench.engine.scaleout, bench.engine.ray_backend): one configuration over several
+    # GPUs, and a child that stops once its parent is gone (a Ray task whose process died).
+    split_mode: str | None = None  # "layer" | "row": llama.cpp's split over the visible GPUs
+    tensor_split: list[float] | None = None  # share of the model per visible GPU
+    gpu_indices: list[int] | None = None  # NVML indices to sample when several GPUs are used
+    gpu_uuids: list[str] | None = None  # every GPU this configuration runs on
+    exit_with_parent: bool = False
 
     @classmethod
     def read(cls, path: str | Path) -> "WorkerSpec":
@@ -93,8 +100,9 @@ class WorkerSpec:
 class Events:
     """Progress events to the parent: one JSON object per line on a pipe."""
 
-    def __init__(self, fd: int | None):
+    def __init__(self, fd: int | None, exit_with_parent: bool = False):
         self._fd = fd
+        self._exit_with_parent = exit_with_parent
 
     def send(self, event: str, **data: Any) -> None:
         if self._fd is None:
@@ -104,6 +112,8 @@ class Events:
             os.write(self._fd, line)
         except OSError:
             self._fd = None  # the parent went away; keep working, records still land on disk
+            if self._exit_with_parent:
+                raise SystemExit("the parent process is gone")
 
 
 class RunLog:
@@ -150,7 +160,7 @@ class _Stage:
 
 def run(spec: WorkerSpec) -> int:
     run_dir = RunDir(spec.run_dir)
-    events = Events(spec.events_fd)
+    events = Events(spec.events_fd, spec.exit_with_parent)
     log = RunLog(run_dir, spec.config_id)
     stage = _Stage(events)
     sampler = None
@@ -172,7 +182,7 @@ def run(spec: WorkerSpec) -> int:
         sampler = _start_sampler(spec, run_dir, log, events)
         t_load = time.perf_counter()
         engine = gen.Engine(llama_log)
-        facts = engine.load_model(spec.model_path, spec.n_gpu_layers)
+        facts = engine.load_model(spec.model_path, spec.n_gpu_layers, **_split_args(spec))
         log(
             f"loaded {spec.model_path}: {facts.desc}; layers on GPU {facts.n_layers_offloaded}/"
             f"{facts.n_layers_total} ({facts.device})"
@@ -270,6 +280,8 @@ def run(spec: WorkerSpec) -> int:
                        "bos_token": facts.bos_token},
             )
             _add_energy(record, sampler, g)
+            if spec.gpu_uuids:
+                record.extra["gpu_uuids"] = spec.gpu_uuids
             run_dir.append(records.REQUESTS_FILE, record)
             events.send(
                 "request", key=record.key, done=done, total=len(work), decode_tps=record.decode_tps,
@@ -325,10 +337,28 @@ def _start_sampler(spec: WorkerSpec, run_dir: RunDir, log, events: Events):
     def sink(batch: list[dict]) -> None:
         append_jsonl_many(path, batch)
 
-    sampler = TelemetrySampler(hz=spec.sample_hz, gpu_index=spec.gpu_index, pid=os.getpid(),
-                               config_id=spec.config_id, sink=sink)
+    if spec.gpu_indices and len(spec.gpu_indices) > 1:
+        from bench.engine.multisampler import MultiGpuSampler
+
+        sampler = MultiGpuSampler([
+            TelemetrySampler(hz=spec.sample_hz, gpu_index=i, pid=os.getpid(), config_id=spec.config_id, sink=sink)
+            for i in spec.gpu_indices
+        ])
+    else:
+        sampler = TelemetrySampler(hz=spec.sample_hz, gpu_index=spec.gpu_index, pid=os.getpid(),
+                                   config_id=spec.config_id, sink=sink)
     sampler.start()  # without NVML it still samples RSS and CPU; the parent says so once
     return sampler
+
+
+def _split_args(spec: WorkerSpec) -> dict:
+    """llama.cpp's split of one model over the GPUs the child sees (CUDA_VISIBLE_DEVICES=a,b)."""
+    if not spec.split_mode:
+        return {}
+    import llama_cpp
+
+    modes = {"layer": llama_cpp.LLAMA_SPLIT_MODE_LAYER, "row": llama_cpp.LLAMA_SPLIT_MODE_ROW}
+    return {"split_mode": modes[spec.split_mode], "tensor_split": spec.tensor_split}
 
 
 def _nvml_reason(spec: WorkerSpec, sampler) -> str | None:
