@@ -59,6 +59,11 @@ class ProfileOptions:
     score: bool = True
     nli: bool = True
     nli_model: str | None = None
+    # Scale-out (bench.engine.scaleout, bench.engine.ray_backend); not locked: a resumed run may
+    # use other GPUs or another cluster, and every record names its GPU and host.
+    gpus: str | None = None  # NVML indices "0,1" or "all": one worker per GPU
+    split: list = field(default_factory=list)  # "ID" or "ID:N": that configuration over N GPUs
+    ray: str | None = None  # Ray cluster address; "" = local / RAY_ADDRESS
 
     # Options a resumed run must keep: changing any would mix incomparable records in one run.
     LOCKED = ("preset", "reps", "device", "n_gpu_layers", "flash_attn", "n_threads", "n_ctx", "seed",
@@ -191,6 +196,9 @@ class Orchestrator:
         host: str | None = None,
         gpu_uuid: str | None = None,
         on_config_resolved: Callable[[ConfigPlan], None] | None = None,
+        child_env: dict[str, str] | None = None,
+        spec_extra: dict[str, Any] | None = None,
+        record_extra: dict[str, Any] | None = None,
     ):
         self.run = run
         self.options = options
@@ -203,6 +211,13 @@ class Orchestrator:
         self.on_config_resolved = on_config_resolved
         self._kill_after = _int_env(KILL_AFTER_ENV)
         self._log = _ParentLog(run)
+        # Scale-out: what pins a child to its GPU(s) (env, spec keys) and what its ConfigRecord
+        # says about them; the running child, so another thread can interrupt() it.
+        self.child_env = child_env or {}
+        self.spec_extra = spec_extra or {}
+        self.record_extra = record_extra or {}
+        self._proc: subprocess.Popen | None = None
+        self._interrupt_requested = False
 
     # -- plan ----------------------------------------------------------------------------------
 
@@ -280,9 +295,13 @@ class Orchestrator:
             "gpu_uuid": self.gpu_uuid if self.device.device == "gpu" else None,
             "warmup": o.warmup,
         }
+        spec.update(self.spec_extra)
+        if self._interrupt_requested:
+            return ConfigOutcome(self._failed(plan, "child", t_start, error="interrupted (Ctrl-C)"), interrupted=True)
         read_fd, write_fd = os.pipe()
         spec["events_fd"] = write_fd
-        spec_path = self.run.path / f".worker-spec-{os.getpid()}.json"
+        # One spec file per spawning thread: a GPU pool runs several children at once.
+        spec_path = self.run.path / f".worker-spec-{os.getpid()}-{threading.get_ident()}.json"
         spec_path.write_text(json.dumps(spec))
         state = _ChildState()
         interrupted = False
@@ -290,7 +309,7 @@ class Orchestrator:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "bench.engine.worker", str(spec_path)],
                 pass_fds=(write_fd,), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, start_new_session=True, env=_child_env(),
+                stderr=subprocess.STDOUT, start_new_session=True, env={**_child_env(), **self.child_env},
             )
         except OSError as exc:
             os.close(read_fd)
@@ -298,6 +317,9 @@ class Orchestrator:
             spec_path.unlink(missing_ok=True)
             return ConfigOutcome(self._failed(plan, "child", t_start, error=f"could not start the worker: {exc}"))
         os.close(write_fd)
+        self._proc = proc
+        if self._interrupt_requested:
+            self._stop(proc)
         self._log(f"[{plan.config_id}] worker pid {proc.pid} started")
         output = threading.Thread(target=self._pump_output, args=(proc, plan.config_id), daemon=True)
         output.start()
@@ -322,6 +344,8 @@ class Orchestrator:
         finally:
             output.join(timeout=5)
             spec_path.unlink(missing_ok=True)
+            self._proc = None
+        interrupted = interrupted or self._interrupt_requested
         if rc == 0 and state.done is not None and not interrupted:
             record = self._completed(plan, state, t_start)
         else:
@@ -343,6 +367,14 @@ class Orchestrator:
             except KeyboardInterrupt:  # a second Ctrl-C: go straight to SIGKILL
                 continue
         return proc.wait()
+
+    def interrupt(self) -> None:
+        """Stop the running child from another thread (a GPU pool's main thread on Ctrl-C); its
+        configuration is recorded as interrupted, and no later one starts on this orchestrator."""
+        self._interrupt_requested = True
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            self._stop(proc)
 
     def _pump_output(self, proc: subprocess.Popen, config_id: str) -> None:
         """The child's own stdout/stderr (ggml aborts, CUDA errors) into log.txt, tagged."""
@@ -408,6 +440,7 @@ class Orchestrator:
         )
 
     def _write(self, record: records.ConfigRecord) -> None:
+        record.extra.update(self.record_extra)
         self.run.append(records.CONFIGS_FILE, record)
 
 
