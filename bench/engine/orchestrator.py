@@ -345,7 +345,8 @@ class Orchestrator:
             output.join(timeout=5)
             spec_path.unlink(missing_ok=True)
             self._proc = None
-        interrupted = interrupted or self._interrupt_requested
+        # A child that finished before the interrupt reached it keeps its completed record.
+        interrupted = interrupted or (self._interrupt_requested and not (rc == 0 and state.done is not None))
         if rc == 0 and state.done is not None and not interrupted:
             record = self._completed(plan, state, t_start)
         else:
