@@ -215,11 +215,17 @@ class ProfileCommand:
             return True
         self.console.print("scoring outputs …")
         try:
-            score_run_dir(run.path, nli_model=options.nli_model, no_nli=not options.nli, console=self.console)
+            summary = score_run_dir(run.path, nli_model=options.nli_model, no_nli=not options.nli,
+                                    console=self.console)
         except BenchError as exc:
             self.console.print(f"[red]scoring failed[/red]: {escape(str(exc))}; the generation records are "
                                f"complete; retry with: bench score {where}")
             return False
+        self.console.print(
+            f"scored {summary.n_scored} requests into {escape(str(summary.output_path))} "
+            f"in {summary.elapsed_s:.0f} s" + (f"; {len(summary.bad_rows)} rows skipped" if summary.bad_rows else "")
+            + f"; report: bench report {where}"
+        )
         return True
 
     def _requests(self, preset: str):
