@@ -22,6 +22,7 @@ from reports.document import (
     Table,
     assemble,
 )
+from reports.crosscheck import crosscheck_section
 from reports.findings import findings
 from reports.recommend import candidate_rule, recommend
 
@@ -187,6 +188,7 @@ SECTIONS = [
     findings_section,
     plots_section,
     failures_section,
+    crosscheck_section,
     samples_section,
     method_section,
 ]

@@ -250,6 +250,9 @@ class Orchestrator:
         recorded = self.run.recorded_keys()
         remaining = [k for k in self.expected_keys(plan.config_id) if k not in recorded]
         if not remaining:
+            latest = [c for c in self.run.configs() if c.config_id == plan.config_id]
+            if latest and latest[-1].status == "ok":
+                return ConfigOutcome(latest[-1])  # finished in an earlier session: nothing to add
             record = records.ConfigRecord(
                 config_id=plan.config_id, status="ok", stage="done", n_requests=0, twin=plan.twin,
                 t_start_unix=t_start, t_end_unix=time.time(),
@@ -294,6 +297,8 @@ class Orchestrator:
             "host": self.host,
             "gpu_uuid": self.gpu_uuid if self.device.device == "gpu" else None,
             "warmup": o.warmup,
+            # An orphaned child would go on recording while a `--resume` records the same requests.
+            "exit_with_parent": True,
         }
         spec.update(self.spec_extra)
         if self._interrupt_requested:
@@ -305,11 +310,13 @@ class Orchestrator:
         spec_path.write_text(json.dumps(spec))
         state = _ChildState()
         interrupted = False
+        env = {**_child_env(), **self.child_env}
+        visible = self._pin_gpu(env)
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "bench.engine.worker", str(spec_path)],
                 pass_fds=(write_fd,), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, start_new_session=True, env={**_child_env(), **self.child_env},
+                stderr=subprocess.STDOUT, start_new_session=True, env=env,
             )
         except OSError as exc:
             os.close(read_fd)
@@ -320,7 +327,8 @@ class Orchestrator:
         self._proc = proc
         if self._interrupt_requested:
             self._stop(proc)
-        self._log(f"[{plan.config_id}] worker pid {proc.pid} started")
+        self._log(f"[{plan.config_id}] worker pid {proc.pid} started"
+                  + (f" (CUDA_VISIBLE_DEVICES={visible})" if visible else ""))
         output = threading.Thread(target=self._pump_output, args=(proc, plan.config_id), daemon=True)
         output.start()
         try:
@@ -353,6 +361,21 @@ class Orchestrator:
             record = self._failed(plan, state.stage or "child", t_start, rc=rc, state=state,
                                   error="interrupted (Ctrl-C)" if interrupted else None)
         return ConfigOutcome(record, interrupted=interrupted)
+
+    def _pin_gpu(self, env: dict[str, str]) -> str | None:
+        """Show a one-GPU child only the GPU that telemetry watches; returns what it sees.
+
+        llama.cpp splits a model over every visible GPU by default while NVML samples one, so on
+        a multi-GPU host the energy and VRAM figures would miss the other cards. NVML counts GPUs
+        in PCI order and CUDA may not, so the card is named by UUID. A CUDA_VISIBLE_DEVICES set by
+        the user or by a scale-out caller (child_env) is left alone.
+        """
+        if "CUDA_VISIBLE_DEVICES" in env:
+            return env["CUDA_VISIBLE_DEVICES"]
+        if self.device.device != "gpu" or not self.gpu_uuid:
+            return None
+        env["CUDA_VISIBLE_DEVICES"] = self.gpu_uuid
+        return self.gpu_uuid
 
     def _stop(self, proc: subprocess.Popen) -> int:
         """Stop the child: SIGTERM, then SIGKILL after a grace period. Its appends are atomic."""
