@@ -220,10 +220,11 @@ def test_resume_refuses_conflicting_options(tiny_run):
 
 def test_resume_of_a_finished_run_runs_nothing(tiny_run):
     _, run = tiny_run
-    before = len(run.requests())
+    before, configs_before = len(run.requests()), len(run.configs())
     result = bench("profile", "--resume", str(run.path))
     assert result.returncode == 0, result.stdout + result.stderr
     assert len(run.requests()) == before
+    assert len(run.configs()) == configs_before  # nothing new to say about a finished configuration
 
 
 def test_ctrl_c_stops_the_child_keeps_records_and_says_how_to_resume(tiny_models, local_manifest, tmp_path):
@@ -251,6 +252,29 @@ def test_ctrl_c_stops_the_child_keeps_records_and_says_how_to_resume(tiny_models
     log = run.file(records.LOG_FILE).read_text()
     pid = int(log.split("worker pid ")[1].split()[0])
     assert not _alive(pid), "the child must be stopped, not orphaned"
+
+
+def test_a_child_whose_parent_dies_stops_instead_of_recording_on(tiny_models, local_manifest, tmp_path):
+    manifest = local_manifest({"tiny": tiny_models["tiny"]})
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "bench", "--manifest", str(manifest), "profile", "tiny", "--reps", "50",
+         "--out", str(out), *FAST],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=REPO,
+    )
+    requests_file = out / records.REQUESTS_FILE
+    deadline = time.time() + 120
+    while time.time() < deadline and (not requests_file.exists() or not requests_file.read_text().strip()):
+        time.sleep(0.05)
+    parent.kill()
+    parent.wait()
+    pid = int((out / records.LOG_FILE).read_text().split("worker pid ")[1].split()[0])
+    deadline = time.time() + 30
+    while time.time() < deadline and _alive(pid):
+        time.sleep(0.1)
+    assert not _alive(pid), "an orphaned worker must stop (a resume would record its requests twice)"
+    assert len(RunDir(out).requests()) < 50 * len(quick_request_ids())
 
 
 def _alive(pid: int) -> bool:
