@@ -197,6 +197,11 @@ def run(spec: WorkerSpec) -> int:
             prompt_texts[request["request_id"]] = text
             prompts[request["request_id"]] = engine.tokenize(text, facts.add_bos, facts.bos_id)
         n_ctx = spec.n_ctx or _context_size(spec, prompts)
+        if spec.n_ctx and spec.n_ctx < _context_size(spec, prompts, slack=0):
+            raise gen.EngineError(
+                f"--n-ctx {spec.n_ctx} is too small: the longest prompt plus its max tokens needs "
+                f"{_context_size(spec, prompts, slack=0)} (leave --n-ctx out to size it automatically)"
+            )
         flash_attn = engine.create_context(n_ctx, spec.n_threads, spec.flash_attn)
         load_time_s = time.perf_counter() - t_load
         cpu_sampler = gen.CpuSampler(engine.vocab, spec.temperature, spec.seed)
@@ -321,9 +326,12 @@ def _one_line(exc: BaseException) -> str:
     return text if "BenchError" in _mro_names(exc) else f"{type(exc).__name__}: {text}"
 
 
-def _context_size(spec: WorkerSpec, prompts: dict[str, list[int]]) -> int:
+def _context_size(spec: WorkerSpec, prompts: dict[str, list[int]], slack: int = 16) -> int:
+    """Cells for the longest prompt plus its max tokens; with slack, rounded up to 256 (min 512)."""
     need = max((len(prompts[r["request_id"]]) + spec.max_tokens(r) for r in spec.requests), default=512)
-    need += 16  # a little slack: BOS added by the engine, a stray special token
+    if not slack:
+        return need
+    need += slack  # BOS added by the engine, a stray special token
     return max(512, -(-need // 256) * 256)
 
 
