@@ -345,3 +345,14 @@ def test_default_model_quick_run_end_to_end(tmp_path):
     assert brief.finish_reason == "stop" and len(brief.output.split()) >= 3
     if run.file(records.SCORES_FILE).exists():
         assert {s.key for s in run.scores()} == {r.key for r in reqs}
+
+
+def test_too_small_a_context_is_refused_before_generating(tiny_models, local_manifest, tmp_path):
+    manifest = local_manifest({"tiny": tiny_models["tiny"]})
+    out = tmp_path / "run"
+    result = bench("--manifest", str(manifest), "profile", "tiny", "--n-ctx", "256", "--out", str(out), *FAST)
+    assert result.returncode == 1
+    run = RunDir.open(out)
+    (config,) = run.configs()
+    assert config.status == "failed" and config.stage == "load" and "--n-ctx 256 is too small" in config.error
+    assert run.requests() == []
