@@ -845,3 +845,72 @@ def describe(prediction: VramPrediction) -> str:
             f"{_gib(prediction.overhead_bytes)} ({prediction.n_gpu_layers}/{prediction.n_layers_total} layers, "
             f"n_ctx {prediction.n_ctx}, KV {prediction.kv_type})")
 
+
+
+# --------------------------------------------------------------------------- the engine's guard
+
+
+class VramGuard:
+    """The checks around one GPU load, for the engine's worker (and anything that loads a model).
+
+    1. `before_load(n_gpu_layers, n_ctx_guess)`: predict with a first guess of the context and
+       compare with NVML's free memory: refuse (VramError, one line) or, with allow_partial, return
+       fewer layers. Free memory is read here, before anything of ours is on the GPU.
+    2. `before_context(n_gpu_layers, n_ctx)`: the same with the real context size; a different layer
+       count means "reload with this many" (allow_partial), a refusal raises.
+    3. `after_load(...)`: the prediction against the measured memory, spill flag included, as the
+       ConfigRecord.extra keys (`vram_predicted_bytes`, `vram_prediction_error_pct`, `spill`, ...).
+    Without NVML nothing is refused (free memory unknown) and the measurement is None.
+    """
+
+    def __init__(self, model_path: str | Path, gpu_index: int = 0, allow_partial: bool = False, *,
+                 flash_attn: bool = True, kv_type: str = "f16", n_ubatch: int = DEFAULT_N_UBATCH,
+                 note=None):
+        self.model_path = model_path
+        self.gpu_index = gpu_index
+        self.allow_partial = allow_partial
+        self.flash_attn = flash_attn
+        self.kv_type = kv_type
+        self.n_ubatch = n_ubatch
+        self._note = note or (lambda message: None)
+        self.geometry = geometry_from_gguf(model_path)
+        self.before: GpuMemory | None = None
+        self.prediction: VramPrediction | None = None
+        self.decision: FitDecision | None = None
+        self.requested_layers: int | None = None
+        self.partial_note: str | None = None  # why fewer layers than asked went to the GPU
+
+    def _decide(self, n_gpu_layers: int, n_ctx: int) -> int:
+        self.prediction = predict_vram(self.geometry, n_ctx, self.kv_type, n_gpu_layers, flash_attn=self.flash_attn,
+                                       n_ubatch=self.n_ubatch)
+        free = self.before.free_bytes if self.before is not None else None
+        self.decision = check_fit(self.prediction, free, self.allow_partial)
+        if not self.decision.proceed:
+            raise VramError(self.decision.message)
+        if self.decision.partial:
+            self._note(self.decision.message)
+            self.partial_note = self.decision.message
+            self.prediction = predict_vram(self.geometry, n_ctx, self.kv_type, self.decision.n_gpu_layers,
+                                           flash_attn=self.flash_attn, n_ubatch=self.n_ubatch)
+        return self.decision.n_gpu_layers
+
+    def before_load(self, n_gpu_layers: int, n_ctx_guess: int) -> int:
+        self.requested_layers = n_gpu_layers
+        self.before = gpu_memory(self.gpu_index)
+        return self._decide(n_gpu_layers, n_ctx_guess)
+
+    def before_context(self, n_gpu_layers: int, n_ctx: int) -> int:
+        return self._decide(n_gpu_layers, n_ctx)
+
+    def after_load(self, n_layers_offloaded: int | None, n_layers_total: int | None,
+                   log_lines: Iterable[str] = ()) -> dict[str, Any]:
+        if self.prediction is None:
+            return {}
+        after = gpu_memory(self.gpu_index)
+        check = vram_check(self.prediction, self.before, after, n_layers_offloaded, n_layers_total,
+                           self.prediction.n_gpu_layers, log_lines)
+        extra = check.extra()
+        extra["vram_prediction"] = {k: v for k, v in self.prediction.to_dict().items() if k != "layer_bytes"}
+        if self.partial_note:
+            extra["partial_offload"] = self.partial_note
+        return extra

@@ -248,3 +248,48 @@ def test_the_fast_header_reader_agrees_with_the_gguf_package(tiny):
     assert header.fields["tokenizer.ggml.tokens"] == list(reader.fields["tokenizer.ggml.tokens"].contents())
     assert header.fields["llama.block_count"] == 2
     assert header.fields["tokenizer.ggml.merges"] == 8  # an array not asked for: its length
+
+
+# --------------------------------------------------------------------------- the engine's guard
+
+
+def test_the_guard_refuses_before_loading_and_shrinks_with_allow_partial(tiny, monkeypatch):
+    full = vram.predict_vram(tiny, 512)
+    free = {"bytes": full.total_bytes - 1, "used": 10 * MIB}
+    monkeypatch.setattr(vram, "gpu_memory", lambda index=0, pid=None: vram.GpuMemory(
+        free_bytes=free["bytes"], used_bytes=free["used"], total_bytes=80 * 1024 * MIB))
+    with pytest.raises(vram.VramError, match="needs ~.* GiB of GPU memory"):
+        vram.VramGuard(tiny).before_load(-1, 512)
+    # Enough for the output layer and one repeating layer (plus the margin), not for both layers.
+    p2 = vram.predict_vram(tiny, 512, n_gpu_layers=2)
+    free["bytes"] = p2.total_bytes + vram.fit_margin(p2) + 1
+    notes = []
+    guard = vram.VramGuard(tiny, allow_partial=True, note=notes.append)
+    assert guard.before_load(-1, 512) == 2
+    assert notes and "2/3 layers" in notes[0]
+    # The real context is bigger than the guess: the second check may cut further or refuse.
+    assert guard.before_context(2, 512) == 2
+    free["used"] += p2.total_bytes  # what the load took, as NVML would see it
+    extra = guard.after_load(2, 3, [])
+    assert extra["vram_predicted_bytes"] == p2.total_bytes
+    assert extra["partial_offload"] and "spill" not in extra  # fewer layers on purpose is not a spill
+
+
+def test_the_guard_records_prediction_error_and_spill(tiny, monkeypatch):
+    readings = iter([vram.GpuMemory(free_bytes=80 * 1024 * MIB, used_bytes=1000 * MIB),
+                     vram.GpuMemory(free_bytes=70 * 1024 * MIB, used_bytes=1000 * MIB + 5 * MIB)])
+    monkeypatch.setattr(vram, "gpu_memory", lambda index=0, pid=None: next(readings))
+    guard = vram.VramGuard(tiny)
+    assert guard.before_load(-1, 512) == 3
+    extra = guard.after_load(1, 3, [])  # llama.cpp offloaded 1 of 3 layers; 5 MiB measured
+    assert extra["vram_measured_bytes"] == 5 * MIB and extra["vram_measured_source"] == "device_delta"
+    assert extra["vram_prediction_error_pct"] == pytest.approx(
+        100 * (guard.prediction.total_bytes - 5 * MIB) / (5 * MIB))
+    assert "1/3 layers" in extra["spill"]
+
+
+def test_without_nvml_nothing_is_refused(tiny, monkeypatch):
+    monkeypatch.setattr(vram, "gpu_memory", lambda index=0, pid=None: vram.GpuMemory(reason="no NVML"))
+    guard = vram.VramGuard(tiny)
+    assert guard.before_load(-1, 100_000) == 3
+    assert guard.after_load(3, 3, [])["vram_measured_bytes"] is None

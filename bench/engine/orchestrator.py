@@ -55,6 +55,7 @@ class ProfileOptions:
     sample_hz: float = 20.0
     gpu_index: int = 0
     warmup: bool = True
+    allow_partial: bool = False  # a configuration too big for free GPU memory: offload what fits (bench.vram)
     download: bool = True
     score: bool = True
     nli: bool = True
@@ -299,6 +300,7 @@ class Orchestrator:
             "warmup": o.warmup,
             # An orphaned child would go on recording while a `--resume` records the same requests.
             "exit_with_parent": True,
+            "allow_partial": o.allow_partial,
         }
         spec.update(self.spec_extra)
         if self._interrupt_requested:
@@ -460,7 +462,8 @@ class Orchestrator:
             gpu_uuid=self.gpu_uuid if loaded.get("device") in ("gpu", "mixed") else None,
             t_start_unix=t_start,
             t_end_unix=time.time(),
-            extra={k: loaded[k] for k in ("model_desc", "model_params", "nvml", "nvml_reason") if k in loaded},
+            extra={**{k: loaded[k] for k in ("model_desc", "model_params", "nvml", "nvml_reason") if k in loaded},
+                   **(state.vram or {})},
         )
 
     def _write(self, record: records.ConfigRecord) -> None:
@@ -497,6 +500,7 @@ class _ChildState:
     loaded: dict | None = None
     done: dict | None = None
     error: str | None = None
+    vram: dict | None = None  # bench.vram's prediction against measurement, for ConfigRecord.extra
     n_requests: int = 0
     total: int | None = None
     extra: dict = field(default_factory=dict)
@@ -513,6 +517,8 @@ class _ChildState:
             self.n_requests += 1
         elif kind == "done":
             self.done = event
+        elif kind == "vram":
+            self.vram = event.get("extra") or {}
         elif kind == "error":
             self.error = event.get("error")
             self.stage = event.get("stage") or self.stage

@@ -71,6 +71,8 @@ class WorkerSpec:
     gpu_indices: list[int] | None = None  # NVML indices to sample when several GPUs are used
     gpu_uuids: list[str] | None = None  # every GPU this configuration runs on
     exit_with_parent: bool = False
+    allow_partial: bool = False  # offload only the layers that fit instead of refusing (bench.vram)
+    vram_check: bool = True  # predict GPU memory before loading and refuse what does not fit
 
     @classmethod
     def read(cls, path: str | Path) -> "WorkerSpec":
@@ -171,8 +173,14 @@ def run(spec: WorkerSpec) -> int:
         from bench.engine.stats import request_timing
 
         stage.enter("load")
-        llama_log = gen.LlamaLog(lambda line: log(f"llama.cpp: {line}"),
-                                 debug=bool(os.environ.get("BENCH_LLAMA_DEBUG")))
+        buffer_lines: list[str] = []  # llama.cpp's "... buffer size = N MiB" lines, for the VRAM check
+
+        def llama_sink(line: str) -> None:
+            if "buffer size" in line:
+                buffer_lines.append(line)
+            log(f"llama.cpp: {line}")
+
+        llama_log = gen.LlamaLog(llama_sink, debug=bool(os.environ.get("BENCH_LLAMA_DEBUG")))
         if spec.n_gpu_layers != 0 and not gen.supports_gpu_offload():
             # The parent checks this too; a second check here costs nothing and guards direct use.
             raise gen.EngineError(
@@ -182,7 +190,12 @@ def run(spec: WorkerSpec) -> int:
         sampler = _start_sampler(spec, run_dir, log, events)
         t_load = time.perf_counter()
         engine = gen.Engine(llama_log)
-        facts = engine.load_model(spec.model_path, spec.n_gpu_layers, **_split_args(spec))
+        n_gpu_layers = spec.n_gpu_layers
+        guard = _vram_guard(spec, log)
+        if guard is not None:
+            # Refuse (or, with allow_partial, shrink) before loading: a clear line, not a CUDA crash.
+            n_gpu_layers = guard.before_load(n_gpu_layers, spec.n_ctx or _context_guess(spec))
+        facts = engine.load_model(spec.model_path, n_gpu_layers, **_split_args(spec))
         log(
             f"loaded {spec.model_path}: {facts.desc}; layers on GPU {facts.n_layers_offloaded}/"
             f"{facts.n_layers_total} ({facts.device})"
@@ -202,6 +215,12 @@ def run(spec: WorkerSpec) -> int:
                 f"--n-ctx {spec.n_ctx} is too small: the longest prompt plus its max tokens needs "
                 f"{_context_size(spec, prompts, slack=0)} (leave --n-ctx out to size it automatically)"
             )
+        if guard is not None:
+            fitting = guard.before_context(n_gpu_layers, n_ctx)  # the real context size now
+            if fitting != n_gpu_layers:
+                engine.close()
+                n_gpu_layers = fitting
+                facts = engine.load_model(spec.model_path, n_gpu_layers, **_split_args(spec))
         flash_attn = engine.create_context(n_ctx, spec.n_threads, spec.flash_attn)
         load_time_s = time.perf_counter() - t_load
         cpu_sampler = gen.CpuSampler(engine.vocab, spec.temperature, spec.seed)
@@ -243,6 +262,16 @@ def run(spec: WorkerSpec) -> int:
             first = spec.requests[0]
             engine.generate(prompts[first["request_id"]], min(WARMUP_MAX_TOKENS, spec.max_tokens(first)),
                             cpu_sampler)
+
+        if guard is not None:
+            # Measured after the warm-up, so lazily allocated buffers (cuBLAS workspace) count too.
+            vram = guard.after_load(facts.n_layers_offloaded, facts.n_layers_total, buffer_lines)
+            events.send("vram", extra=vram)
+            if vram.get("spill"):
+                log(f"warning: spill: {vram['spill']}")
+            log(f"VRAM: predicted {_mib(vram.get('vram_predicted_bytes'))}, measured "
+                f"{_mib(vram.get('vram_measured_bytes'))} ({vram.get('vram_measured_source')}), error "
+                f"{vram.get('vram_prediction_error_pct')} %")
 
         stage.enter("generate")
         events.send("plan", total=len(work))
@@ -324,6 +353,32 @@ def _mro_names(exc: BaseException) -> set[str]:
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if "BenchError" in _mro_names(exc) else f"{type(exc).__name__}: {text}"
+
+
+def _vram_guard(spec: WorkerSpec, log):
+    """The GPU-memory check of this load, or None (CPU runs, check turned off, unreadable file)."""
+    if spec.n_gpu_layers == 0 or not spec.vram_check:
+        return None
+    from bench.vram import VramError, VramGuard
+
+    try:
+        return VramGuard(spec.model_path, spec.gpu_index, spec.allow_partial,
+                         flash_attn=spec.flash_attn != "off", note=log)
+    except VramError as exc:  # llama.cpp may still load what bench cannot read: say so, go on
+        log(f"warning: VRAM not predicted: {exc}")
+        return None
+
+
+def _context_guess(spec: WorkerSpec) -> int:
+    """n_ctx before the tokenizer is loaded: ~3 bytes per token of the messages, plus max tokens.
+    Only the first fit check uses it; the second uses the real size."""
+    need = max((sum(len(str(m.get("content", "")).encode()) for m in r["messages"]) // 3 + spec.max_tokens(r)
+                for r in spec.requests), default=512)
+    return max(512, -(-(need + 64) // 256) * 256)
+
+
+def _mib(value) -> str:
+    return "?" if value is None else f"{value / 2**20:.0f} MiB"
 
 
 def _context_size(spec: WorkerSpec, prompts: dict[str, list[int]], slack: int = 16) -> int:
