@@ -914,3 +914,58 @@ class VramGuard:
         if self.partial_note:
             extra["partial_offload"] = self.partial_note
         return extra
+
+
+# --------------------------------------------------------------------------- bench models --fit
+
+
+def local_gguf_path(entry) -> Path | None:
+    """The entry's first GGUF part if it is on disk (no download, no checksum: shapes only)."""
+    try:
+        if entry.source == "local":
+            path = Path(entry.path)
+        elif entry.source == "package":
+            import importlib.util
+
+            spec = importlib.util.find_spec(entry.package.replace("-", "_"))  # never imported
+            if spec is None or not spec.submodule_search_locations:
+                return None
+            root = Path(next(iter(spec.submodule_search_locations)))
+            path = next((p for p in (root.parent / entry.package_file, root / entry.package_file) if p.is_file()),
+                        root / entry.package_file)
+        else:
+            from huggingface_hub import try_to_load_from_cache
+
+            found = try_to_load_from_cache(entry.hf_repo, entry.hf_files[0], revision=entry.hf_revision or "main")
+            if not isinstance(found, str):
+                return None
+            path = Path(found)
+        return path if path.is_file() else None
+    except Exception:  # noqa: BLE001 - a broken cache entry means "predict from the manifest"
+        return None
+
+
+@dataclass(frozen=True)
+class FitRow:
+    entry_id: str
+    prediction: VramPrediction | None
+    source: str  # "file" | "manifest" | why there is no prediction
+    decision: FitDecision | None
+
+
+def fit_rows(entries: Sequence, n_ctx: int, kv_type: str = "f16", free_bytes: int | None = None,
+             flash_attn: bool = True) -> list[FitRow]:
+    """For each manifest entry: the predicted VRAM (from its file when on disk, else its manifest
+    shape and size) and whether it fits in `free_bytes` (None: not decided)."""
+    rows = []
+    for entry in entries:
+        path = local_gguf_path(entry)
+        try:
+            prediction = predict_vram(path if path is not None else entry, n_ctx, kv_type, flash_attn=flash_attn)
+            source = "file" if path is not None else "manifest"
+        except VramError as exc:
+            rows.append(FitRow(entry.id, None, str(exc), None))
+            continue
+        decision = check_fit(prediction, free_bytes, allow_partial=True) if free_bytes is not None else None
+        rows.append(FitRow(entry.id, prediction, source, decision))
+    return rows

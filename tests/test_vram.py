@@ -293,3 +293,42 @@ def test_without_nvml_nothing_is_refused(tiny, monkeypatch):
     guard = vram.VramGuard(tiny)
     assert guard.before_load(-1, 100_000) == 3
     assert guard.after_load(3, 3, [])["vram_measured_bytes"] is None
+
+
+# --------------------------------------------------------------------------- bench models --fit
+
+
+def test_models_fit_predicts_every_model_with_no_file_downloaded(tmp_path, monkeypatch, capsys):
+    import json
+
+    from bench.cli import main
+    from hubstub import HubStub, point_hf_at
+
+    monkeypatch.delenv("BENCH_MANIFEST", raising=False)
+    with HubStub({}) as hub:
+        point_hf_at(hub, monkeypatch, tmp_path / "hf")
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exited:
+            main(["models", "--fit", "--json", "--gpu-memory", "4", "--n-ctx", "8192"])
+    out = capsys.readouterr()
+    assert exited.value.code == 0, out.err
+    rows = {r["id"]: r for r in json.loads(out.out)}
+    assert len(rows) == len(load_manifest().entries)
+    small, big = rows["llama3.2:1b-q4_K_M"], rows["phi3:14b-q4_K_M"]
+    assert small["source"] == "manifest" and small["fits"] is True
+    assert small["prediction"]["n_ctx"] == 8192 and small["prediction"]["estimated"]
+    assert big["fits"] is False and 0 < big["n_gpu_layers_that_fit"] < big["prediction"]["n_layers_total"]
+    if smollm2_path() is not None:  # the embedded model is on disk: predicted from its file
+        assert rows["smollm2:135m-q4_1"]["source"] == "file"
+
+
+def test_models_fit_without_nvml_says_so(capsys):
+    from bench.cli import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        main(["models", "--fit", "--tier", "A"])
+    out = capsys.readouterr().out
+    assert exited.value.code == 0
+    if "NVML)" not in out:  # this host has no NVIDIA GPU: every verdict is '?', and the reason is given
+        assert "pass --gpu-memory GIB" in out
