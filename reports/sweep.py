@@ -281,8 +281,8 @@ def sweep_section(ctx) -> Section | None:
         blocks.append(decode_depth_figure(summary))
     blocks.append(Note(
         "Method: each load fills the KV cache with `depth` random tokens, times a prefill of n_prompt tokens, "
-        "drops them, then times n_gen greedy tokens (end-of-generation banned), as llama-bench -d does. "
-        "Decode includes greedy sampling on the CPU, as bench profile's does."
+        "drops them, then times n_gen greedy tokens (end-of-generation ignored), as llama-bench -d does. "
+        "Decode includes greedy sampling where bench profile samples (in the graph on a GPU, else on the CPU)."
     ))
     return Section("sweep", "Sweep: rates against KV depth", blocks)
 

@@ -294,20 +294,26 @@ class Engine:
         )
 
     def create_context(self, n_ctx: int, n_threads: int, flash_attn: str = "auto",
-                       n_batch: int = 2048, n_seq_max: int = 1) -> bool | None:
+                       n_batch: int = 2048, n_seq_max: int = 1, n_ubatch: int = 512,
+                       type_k: int | None = None, type_v: int | None = None) -> bool | None:
         """Create the context; returns whether flash attention ended up on (None if unknown).
 
         n_batch 2048 / n_ubatch 512 are llama-bench's defaults. `n_seq_max` > 1 gives that many
-        independent sequences (throughput mode), each with n_ctx / n_seq_max cells.
+        independent sequences (throughput mode), each with n_ctx / n_seq_max cells. `type_k` /
+        `type_v`: the KV cache's GGML_TYPE_* (default f16; bench sweep --kv-type varies them).
         """
         params = _ll.llama_context_default_params()
         params.n_ctx = n_ctx
         params.n_batch = min(n_batch, n_ctx)
-        params.n_ubatch = min(512, params.n_batch)
+        params.n_ubatch = min(n_ubatch, params.n_batch)
         params.n_seq_max = n_seq_max
         params.n_threads = n_threads
         params.n_threads_batch = n_threads
         params.flash_attn_type = FLASH_ATTN_TYPES[flash_attn]
+        if type_k is not None:
+            params.type_k = type_k
+        if type_v is not None:
+            params.type_v = type_v
         params.no_perf = True
         self.log.flash_attn = None
         self.log.mark()

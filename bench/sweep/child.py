@@ -11,8 +11,10 @@ calls, so sweep and profile decode rates are comparable), and measures each dept
    sampled token: prefill_tps = n_prompt / that time;
 3. drop the prefill tokens again (llama_memory_seq_rm; refill when the cache cannot drop a part),
    so the cache holds exactly `depth` tokens, and check it (llama_memory_seq_pos_max);
-4. time `n_gen` greedily generated tokens (end-of-generation tokens banned so every test makes
-   exactly n_gen): decode_tps = (n_gen - 1) / (last token - first token), as `bench profile`.
+4. time `n_gen` greedily generated tokens, end-of-generation ignored so every test makes exactly
+   n_gen (as llama-bench's tg): decode_tps = (n_gen - 1) / (last token - first token), as
+   `bench profile`. Sampling runs where profile's does: in the graph ("GPU" backend sampler) on a
+   GPU when llama.cpp accepts it, else llama.cpp's CPU chain.
 
 Each measurement is appended to sweep.jsonl as soon as it is made. Progress goes to the parent as
 JSON lines on the file descriptor named in the spec. Exit status: 0 done; 1 a stage failed.
@@ -71,41 +73,12 @@ class BlockSpec:
 
 
 def _engine_class():
-    from bench.engine import generate as gen
     import llama_cpp as ll
 
-    class SweepEngine(gen.Engine):
-        """The profile engine plus what a sweep varies: micro-batch, KV types, threads."""
+    from bench.engine import generate as gen
 
-        def create_sweep_context(self, n_ctx: int, n_threads: int, flash_attn: str, n_batch: int,
-                                 n_ubatch: int, type_k: int, type_v: int) -> bool | None:
-            params = ll.llama_context_default_params()
-            params.n_ctx = n_ctx
-            params.n_batch = min(n_batch, n_ctx)
-            params.n_ubatch = min(n_ubatch, params.n_batch)
-            params.n_seq_max = 1
-            params.n_threads = n_threads
-            params.n_threads_batch = n_threads
-            params.flash_attn_type = gen.FLASH_ATTN_TYPES[flash_attn]
-            params.type_k = type_k
-            params.type_v = type_v
-            params.no_perf = True
-            self.log.flash_attn = None
-            self.log.mark()
-            ctx = ll.llama_init_from_model(self.model, params)
-            self.log.flush()
-            if not ctx:
-                reason = gen._reason(self.log)  # noqa: SLF001 - the engine's own error extraction
-                raise gen.EngineError("llama.cpp could not create a context" + (f": {reason}" if reason else ""))
-            self.ctx = ctx
-            self.n_ctx = int(ll.llama_n_ctx(ctx))
-            self.n_batch = int(ll.llama_n_batch(ctx))
-            self._one_batch = ll.llama_batch_get_one(self._one_token, 1)
-            if flash_attn == "on":
-                return True if self.log.flash_attn is None else self.log.flash_attn
-            if flash_attn == "off":
-                return False
-            return self.log.flash_attn
+    class SweepEngine(gen.Engine):
+        """The profile engine plus what a sweep needs: a cache that is not cleared between steps."""
 
         def kv_tokens(self) -> int:
             """Tokens the cache holds for sequence 0 (its highest position + 1)."""
@@ -116,43 +89,20 @@ def _engine_class():
             return bool(ll.llama_memory_seq_rm(ll.llama_get_memory(self.ctx), 0, n_keep, -1))
 
         def run_tokens(self, tokens: list[int], max_tokens: int, sampler):
-            """The profile loop on the current cache (not cleared): decode `tokens`, then generate."""
+            """The profile loop on the current cache (not cleared): decode `tokens`, then generate
+            exactly max_tokens (end-of-generation ignored, as llama-bench's tg), sampling with the
+            backend ("GPU") chain when one is attached, as bench profile does on a GPU."""
+            chain = self.gpu_chain(0)
+            if chain is not None:
+                ll.llama_sampler_reset(chain)
+                return self._run(tokens, max_tokens, chain, ignore_eos=True)
             chain = sampler.chain(None)
             try:
-                return self._run(tokens, max_tokens, chain)
+                return self._run(tokens, max_tokens, chain, ignore_eos=True)
             finally:
                 ll.llama_sampler_free(chain)
 
     return SweepEngine
-
-
-class NoEndSampler:
-    """Greedy sampling with every end-of-generation token banned: each test makes exactly n_gen."""
-
-    name = "cpu-greedy-no-eog"
-
-    def __init__(self, vocab):
-        import llama_cpp as ll
-
-        self._ll = ll
-        n_vocab = int(ll.llama_vocab_n_tokens(vocab))
-        eog = [t for t in range(n_vocab) if ll.llama_vocab_is_eog(vocab, t)]
-        self._n_vocab = n_vocab
-        self._bias = (ll.llama_logit_bias * max(1, len(eog)))()
-        for i, token in enumerate(eog):
-            self._bias[i].token = token
-            self._bias[i].bias = float("-inf")
-        self._n_bias = len(eog)
-
-    def chain(self, grammar):
-        ll = self._ll
-        params = ll.llama_sampler_chain_default_params()
-        params.no_perf = True
-        chain = ll.llama_sampler_chain_init(params)
-        if self._n_bias:
-            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_logit_bias(self._n_vocab, self._n_bias, self._bias))
-        ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_greedy())
-        return chain
 
 
 class TokenSource:
@@ -205,19 +155,22 @@ def run(spec: BlockSpec) -> int:
         events.send("stage", stage=stage)
         s = spec.settings
         k_type = vram.kv_type_of(s["kv_type"]).ggml_type
-        fa_effective = engine.create_sweep_context(spec.n_ctx, int(s["n_threads"]), s["flash_attn"], int(s["n_batch"]),
-                                                   int(s["n_ubatch"]), k_type, k_type)
+        fa_effective = engine.create_context(spec.n_ctx, int(s["n_threads"]), s["flash_attn"], n_batch=int(s["n_batch"]),
+                                             n_ubatch=int(s["n_ubatch"]), type_k=k_type, type_v=k_type)
+        greedy = gen.CpuSampler(engine.vocab, 0.0, spec.seed)
+        sampler_name = "cpu"
+        if facts.device != "cpu" and engine.attach_gpu_sampler(gen.GpuSampler(engine.vocab, 0.0, spec.seed)):
+            sampler_name = "gpu"
         log(f"loaded: layers on GPU {facts.n_layers_offloaded}/{facts.n_layers_total} ({facts.device}); "
             f"n_ctx {engine.n_ctx}, flash_attn {fa_effective}, KV {s['kv_type']}")
 
         stage = "measure"
         events.send("stage", stage=stage)
-        no_end = NoEndSampler(engine.vocab)
         tokens = TokenSource(int(_n_vocab(engine)), facts.bos_id, facts.add_bos, spec.seed)
         if spec.warmup:
             engine.clear_cache()
-            engine.run_tokens(tokens.take(spec.n_prompt, at_start=True), 1, no_end)
-            engine.run_tokens(tokens.take(1, at_start=False), WARMUP_GEN_TOKENS, no_end)
+            engine.run_tokens(tokens.take(spec.n_prompt, at_start=True), 1, greedy)
+            engine.run_tokens(tokens.take(1, at_start=False), WARMUP_GEN_TOKENS, greedy)
 
         vram_info: dict[str, Any] = {}
         if on_gpu and spec.vram_prediction:
@@ -234,12 +187,13 @@ def run(spec: BlockSpec) -> int:
             vram_info = {"spill": spill} if spill else {}
         events.send("loaded", device=facts.device, n_layers_offloaded=facts.n_layers_offloaded,
                     n_layers_total=facts.n_layers_total, flash_attn=fa_effective, n_ctx=engine.n_ctx,
-                    model_desc=facts.desc, vram=vram_info)
+                    model_desc=facts.desc, sampler=sampler_name, vram=vram_info)
 
         for index, depth in enumerate(spec.depths):
             if index and spec.delay_s > 0:
                 time.sleep(spec.delay_s)
-            record = _measure(engine, no_end, tokens, spec, depth, request_timing, sampler)
+            record = _measure(engine, greedy, tokens, spec, depth, request_timing, sampler)
+            record.extra["sampler"] = sampler_name
             record.flash_attn_effective = fa_effective
             record.n_layers_offloaded = facts.n_layers_offloaded
             record.n_layers_total = facts.n_layers_total

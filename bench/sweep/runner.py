@@ -262,7 +262,7 @@ class SweepRunner:
             sha256=resolved.sha256 if resolved else None, device=loaded.get("device"),
             n_gpu_layers_requested=n_gpu_layers, n_layers_offloaded=loaded.get("n_layers_offloaded"),
             n_layers_total=loaded.get("n_layers_total"), flash_attn=loaded.get("flash_attn"),
-            n_ctx=loaded.get("n_ctx"), n_threads=int(s["n_threads"]), sampler="cpu-greedy-no-eog",
+            n_ctx=loaded.get("n_ctx"), n_threads=int(s["n_threads"]), sampler=loaded.get("sampler"),
             gpu_uuid=self.gpu_uuid if loaded.get("device") in ("gpu", "mixed") else None,
             t_start_unix=t_start, t_end_unix=time.time(),
             extra={"sweep": True, "rep": block.rep, "settings": dict(s), "depths": list(block.depths),
