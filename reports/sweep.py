@@ -340,3 +340,45 @@ def quant_damage_section(ctx) -> Section | None:
                   note="Over the shipped reference text, in chunks of n_ctx tokens with the second half of each scored, "
                        "as llama-perplexity --kl-divergence does.")
     return Section("quant_damage", "Quantization damage", [table])
+
+
+# --------------------------------------------------------------------------- VRAM prediction
+
+
+def vram_section(ctx) -> Section | None:
+    """Predicted against measured GPU memory per configuration (bench.vram, recorded by the engine
+    in ConfigRecord.extra), with any spill flagged; None when no configuration has a prediction."""
+    records = getattr(ctx.run, "config_records", {}) or {}
+    rows = []
+    notes = []
+    for config_id, rec in records.items():
+        extra = rec.extra or {}
+        if extra.get("spill"):
+            notes.append(Note(f"{config_id}: not all on the GPU — {extra['spill']}", "warn"))
+        if extra.get("vram_predicted_bytes") is None:
+            continue
+        predicted, measured = extra.get("vram_predicted_bytes"), extra.get("vram_measured_bytes")
+        error = extra.get("vram_prediction_error_pct")
+        buffers = extra.get("vram_llama_buffers_bytes") or {}
+        rows.append([
+            Cell(config_id, config_id),
+            Cell(f"{predicted / 2**30:.2f}", predicted / 2**30),
+            Cell(f"{measured / 2**30:.2f}", measured / 2**30, detail=str(extra.get("vram_measured_source") or ""))
+            if measured is not None else missing("no NVML figure"),
+            Cell(f"{error:+.1f}", error, flag="warn" if abs(error) > 5 else "") if error is not None else missing(""),
+            Cell(", ".join(f"{k} {v / 2**20:.0f}" for k, v in sorted(buffers.items())) or "—", None),
+            Cell(extra.get("spill") or extra.get("partial_offload") or "", None,
+                 flag="bad" if extra.get("spill") else ""),
+        ])
+    if not rows and not notes:
+        return None
+    blocks: list = []
+    if rows:
+        blocks.append(Table("vram", "GPU memory: predicted before loading, measured after", [
+            Column("config_id", "Configuration"), Column("predicted_gib", "Predicted (GiB)",
+                                                         "weights + KV cache + compute buffers + CUDA overhead"),
+            Column("measured_gib", "Measured (GiB)", "NVML: the process's memory, or the rise in device use"),
+            Column("error_pct", "Error (%)", "(predicted − measured) / measured"),
+            Column("llama_buffers", "llama.cpp device buffers (MiB)"), Column("offload", "Offload"),
+        ], rows))
+    return Section("vram", "GPU memory", blocks + notes)

@@ -332,3 +332,30 @@ def test_models_fit_without_nvml_says_so(capsys):
     assert exited.value.code == 0
     if "NVML)" not in out:  # this host has no NVIDIA GPU: every verdict is '?', and the reason is given
         assert "pass --gpu-memory GIB" in out
+
+
+def test_the_report_shows_prediction_against_measurement_and_spills(tmp_path):
+    from bench import records
+    from bench.rundir import RunDir
+    from reports.aggregate import load_run
+    from reports.document import Note, Table
+    from reports.report import ReportContext
+    from reports.sweep import vram_section
+
+    run = RunDir(tmp_path)
+    run.write_meta({"status": "completed"})
+    good = records.ConfigRecord("a", "ok", "done", 0, extra={
+        "vram_predicted_bytes": 2 * 1024 * MIB, "vram_measured_bytes": 2048 * MIB + 40 * MIB,
+        "vram_measured_source": "process", "vram_prediction_error_pct": -1.9,
+        "vram_llama_buffers_bytes": {"model": 1500 * MIB, "KV": 100 * MIB}})
+    spilled = records.ConfigRecord("b", "ok", "done", 0, extra={
+        "vram_predicted_bytes": 8 * 1024 * MIB, "vram_measured_bytes": 3 * 1024 * MIB,
+        "vram_prediction_error_pct": 166.7, "spill": "only 20/33 layers on the GPU (asked for 33)"})
+    run.append(records.CONFIGS_FILE, good)
+    run.append(records.CONFIGS_FILE, spilled)
+    section = vram_section(ReportContext(load_run(tmp_path), with_plots=False))
+    (table,) = [b for b in section.blocks if isinstance(b, Table)]
+    assert [r[0].text for r in table.rows] == ["a", "b"]
+    assert table.rows[0][1].text == "2.00" and table.rows[0][3].text == "-1.9"
+    assert "KV 100" in table.rows[0][4].text and table.rows[1][3].flag == "warn"
+    assert any(isinstance(b, Note) and "20/33 layers" in b.text for b in section.blocks)
