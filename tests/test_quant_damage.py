@@ -189,3 +189,31 @@ def test_a_missing_file_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert exited.value.code == 2
     assert err.startswith("error:") and err.count("\n") == 1
+
+
+def test_report_section_sets_kld_beside_the_rouge_difference(tmp_path):
+    from types import SimpleNamespace
+
+    from reports.document import Table
+    from reports.stats import summarize
+    from reports.sweep import quant_damage_section
+
+    comparison = {"quant_id": "m:q4", "reference_id": "m:q8", "n_ctx": 512, "n_tokens": 2040,
+                  "kld": {"mean": 0.0123, "sem": 0.0004, "p99": 0.15, "max": 1.2},
+                  "same_top": {"share": 0.93, "sem": 0.006}, "ppl": {"quant": 10.5, "reference": 10.2}}
+    (tmp_path / "quant_damage.json").write_text(json.dumps({"comparisons": [comparison]}))
+
+    def config(cid, rouges):
+        return SimpleNamespace(config_id=cid, mode="plain", q=lambda name: summarize(rouges))
+
+    run = SimpleNamespace(path=tmp_path, configs=[config("m:q4", [0.30, 0.32]), config("m:q8", [0.33, 0.35])])
+    section = quant_damage_section(SimpleNamespace(run=run, with_plots=False))
+    (table,) = [b for b in section.blocks if isinstance(b, Table)]
+    (row,) = table.rows
+    assert row[2].text == "0.0123" and "± 0.0004" in row[2].detail and "n=2040" in row[2].detail
+    assert row[5].text == "93.0"
+    assert row[8].value == pytest.approx(0.31 - 0.34) and row[8].text == "-0.030"
+    unscored = SimpleNamespace(path=tmp_path, configs=[])
+    (table,) = [b for b in quant_damage_section(SimpleNamespace(run=unscored)).blocks if isinstance(b, Table)]
+    assert table.rows[0][8].text == "—"
+    assert quant_damage_section(SimpleNamespace(run=SimpleNamespace(path=tmp_path / "none", configs=[]))) is None

@@ -22,7 +22,6 @@ JSON lines on the file descriptor named in the spec. Exit status: 0 done; 1 a st
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import sys
