@@ -24,6 +24,7 @@ from reports.document import (
 )
 from reports.crosscheck import crosscheck_section
 from reports.findings import findings
+from reports.sweep import quant_damage_section, sweep_section, vram_section
 from reports.recommend import candidate_rule, recommend
 
 SAMPLE_CHARS = 2000
@@ -189,6 +190,9 @@ SECTIONS = [
     plots_section,
     failures_section,
     crosscheck_section,
+    vram_section,
+    sweep_section,
+    quant_damage_section,
     samples_section,
     method_section,
 ]
