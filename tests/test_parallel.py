@@ -130,3 +130,55 @@ def test_a_long_prefill_is_split_across_batches(tiny_models):
         assert [g.token_ids for g in r.generations] == alone
     finally:
         eng.close()
+
+
+# --------------------------------------------------------------------------- the worker in throughput mode
+
+
+def _worker_spec(run_dir, model, requests, **over) -> dict:
+    spec = {
+        "run_dir": str(run_dir), "config_id": "tiny", "model_path": str(model), "model_bytes": None,
+        "sha256": None, "twin": True, "n_gpu_layers": 0, "flash_attn": "auto", "n_threads": 1, "n_ctx": None,
+        "temperature": 0.0, "seed": 1, "max_tokens_cap": 12, "reps": 1, "constrained": False,
+        "requests": requests, "sample_hz": 0, "warmup": True, "vram_check": False,
+        "sampler": "gpu", "ignore_eos": True, "parallel": 3, "peak_gbs": 100.0,
+    }
+    spec.update(over)
+    return spec
+
+
+def test_worker_runs_requests_in_parallel_groups_with_gpu_side_sampling(tiny_models, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from bench import records
+    from bench.rundir import RunDir
+    from scoring.tasks import load_suite
+
+    repo = Path(__file__).resolve().parents[1]
+    requests = []
+    for r in load_suite().requests("quick")[:5]:
+        d = {k: getattr(r, k) for k in ("request_id", "item_id", "variant", "level", "format", "max_tokens", "schema")}
+        d["messages"] = [dict(m) for m in r.messages]
+        requests.append(d)
+    run = RunDir(tmp_path)
+    run.write_meta({"test": True})
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps(_worker_spec(tmp_path, tiny_models["tiny"], requests)))
+    env = dict(os.environ, PYTHONPATH=str(repo))
+    out = subprocess.run([sys.executable, "-m", "bench.engine.worker", str(spec_path)], capture_output=True,
+                         text=True, timeout=300, env=env)
+    assert out.returncode == 0, (tmp_path / records.LOG_FILE).read_text()[-2000:]
+    recs = sorted(run.requests(), key=lambda r: r.request_id)
+    assert len(recs) == 5
+    for r in recs:
+        assert r.twin is True and r.n_gen_tokens == 12 and r.finish_reason == "length"  # EOS ignored
+        assert r.extra["sampler"] == "gpu" and r.extra["parallel"] == 3 and r.extra["ignore_eos"] is True
+        assert r.extra["group"] in (0, 1) and r.extra["aggregate_tps"] > 0
+        assert r.extra["weight_gbs"] > 0
+        assert r.extra["weight_bw_share"] == pytest.approx(r.extra["weight_gbs"] / 100.0)
+    groups = {r.extra["group"] for r in recs}
+    assert groups == {0, 1}  # 5 requests in groups of 3: 3 + 2

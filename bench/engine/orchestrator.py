@@ -56,6 +56,10 @@ class ProfileOptions:
     gpu_index: int = 0
     warmup: bool = True
     allow_partial: bool = False  # a configuration too big for free GPU memory: offload what fits (bench.vram)
+    sampler: str = "auto"  # auto | gpu | cpu: where sampling runs (auto: GPU-side on GPU runs)
+    parallel: int = 1  # requests decoded at once as sequences of one batch (throughput mode)
+    ignore_eos: bool = False  # every request generates exactly its max tokens
+    twin: bool = False  # random-weight twins of the configurations (timing only, never scored)
     download: bool = True
     score: bool = True
     nli: bool = True
@@ -68,7 +72,8 @@ class ProfileOptions:
 
     # Options a resumed run must keep: changing any would mix incomparable records in one run.
     LOCKED = ("preset", "reps", "device", "n_gpu_layers", "flash_attn", "n_threads", "n_ctx", "seed",
-              "temperature", "constrained", "max_tokens", "gpu_index", "warmup")
+              "temperature", "constrained", "max_tokens", "gpu_index", "warmup", "sampler", "parallel",
+              "ignore_eos", "twin")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -200,6 +205,8 @@ class Orchestrator:
         child_env: dict[str, str] | None = None,
         spec_extra: dict[str, Any] | None = None,
         record_extra: dict[str, Any] | None = None,
+        peak_gbs: float | None = None,
+        peak_source: str | None = None,
     ):
         self.run = run
         self.options = options
@@ -217,6 +224,9 @@ class Orchestrator:
         self.child_env = child_env or {}
         self.spec_extra = spec_extra or {}
         self.record_extra = record_extra or {}
+        # The GPU's peak memory bandwidth, for the roofline figures (bench.roofline).
+        self.peak_gbs = peak_gbs
+        self.peak_source = peak_source
         self._proc: subprocess.Popen | None = None
         self._interrupt_requested = False
 
@@ -301,6 +311,10 @@ class Orchestrator:
             # An orphaned child would go on recording while a `--resume` records the same requests.
             "exit_with_parent": True,
             "allow_partial": o.allow_partial,
+            "sampler": o.sampler,
+            "parallel": o.parallel,
+            "ignore_eos": o.ignore_eos or plan.twin,
+            "peak_gbs": self.peak_gbs if self.device.device == "gpu" else None,
         }
         spec.update(self.spec_extra)
         if self._interrupt_requested:
@@ -418,9 +432,27 @@ class Orchestrator:
         record.peak_vram_bytes = done.get("peak_vram_bytes")
         record.peak_rss_bytes = done.get("peak_rss_bytes")
         record.extra["peak_vram_source"] = done.get("peak_vram_source")
+        record.extra["roofline"] = self._roofline(plan, state)
+        if (state.loaded or {}).get("parallel", 1) > 1:
+            record.extra["parallel"] = state.loaded["parallel"]
         self._write(record)
         self._log(f"[{plan.config_id}] completed: {state.n_requests} requests")
         return record
+
+    def _roofline(self, plan: ConfigPlan, state: "_ChildState") -> dict | None:
+        """Model bytes x median decode TPS of this configuration's requests, against the GPU's peak."""
+        from bench.engine.stats import percentile
+        from bench.roofline import roofline
+
+        tps = [r.decode_tps for r in self.run.requests()
+               if r.config_id == plan.config_id and r.decode_tps is not None]
+        model_bytes = (state.loaded or {}).get("model_size_bytes") or plan.model_bytes
+        on_gpu = (state.loaded or {}).get("device") in ("gpu", "mixed")
+        fig = roofline(model_bytes, percentile(tps, 50), self.peak_gbs if on_gpu else None,
+                       self.peak_source if on_gpu else None)
+        if fig is not None:
+            fig["n"] = len(tps)
+        return fig
 
     def _failed(self, plan: ConfigPlan, stage: str, t_start: float, rc: int | None = None,
                 state: "_ChildState | None" = None, error: str | None = None) -> records.ConfigRecord:

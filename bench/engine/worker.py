@@ -73,6 +73,11 @@ class WorkerSpec:
     exit_with_parent: bool = False
     allow_partial: bool = False  # offload only the layers that fit instead of refusing (bench.vram)
     vram_check: bool = True  # predict GPU memory before loading and refuse what does not fit
+    # Fast path and throughput mode (bench.engine.parallel), roofline (bench.roofline).
+    sampler: str = "auto"  # auto (GPU-side where the layers are on a GPU) | gpu | cpu
+    ignore_eos: bool = False  # generate exactly max_tokens (twins: timing only)
+    parallel: int = 1  # requests decoded at once, as sequences of one batch
+    peak_gbs: float | None = None  # the GPU's peak memory bandwidth, for per-request roofline figures
 
     @classmethod
     def read(cls, path: str | Path) -> "WorkerSpec":
@@ -216,14 +221,15 @@ def run(spec: WorkerSpec) -> int:
                 f"{_context_size(spec, prompts, slack=0)} (leave --n-ctx out to size it automatically)"
             )
         if guard is not None:
-            fitting = guard.before_context(n_gpu_layers, n_ctx)  # the real context size now
+            fitting = guard.before_context(n_gpu_layers, n_ctx * max(1, spec.parallel))  # the real size now
             if fitting != n_gpu_layers:
                 engine.close()
                 n_gpu_layers = fitting
                 facts = engine.load_model(spec.model_path, n_gpu_layers, **_split_args(spec))
-        flash_attn = engine.create_context(n_ctx, spec.n_threads, spec.flash_attn)
+        n_seq = max(1, spec.parallel)
+        flash_attn = engine.create_context(n_ctx * n_seq, spec.n_threads, spec.flash_attn, n_seq_max=n_seq)
         load_time_s = time.perf_counter() - t_load
-        cpu_sampler = gen.CpuSampler(engine.vocab, spec.temperature, spec.seed)
+        run_sampler = _choose_sampler(gen, engine, spec, facts.device, n_seq, log)
         loaded = {
             "device": facts.device,
             "n_gpu_layers_requested": spec.n_gpu_layers,
@@ -232,7 +238,9 @@ def run(spec: WorkerSpec) -> int:
             "flash_attn": flash_attn,
             "n_ctx": engine.n_ctx,
             "n_threads": spec.n_threads,
-            "sampler": cpu_sampler.name,
+            "sampler": run_sampler.name,
+            "parallel": n_seq,
+            "model_size_bytes": facts.size_bytes,
             "chat_template": prompter.label,
             "load_time_s": load_time_s,
             "model_desc": facts.desc,
@@ -261,7 +269,7 @@ def run(spec: WorkerSpec) -> int:
             stage.enter("warmup")
             first = spec.requests[0]
             engine.generate(prompts[first["request_id"]], min(WARMUP_MAX_TOKENS, spec.max_tokens(first)),
-                            cpu_sampler)
+                            run_sampler, ignore_eos=spec.ignore_eos)
 
         if guard is not None:
             # Measured after the warm-up, so lazily allocated buffers (cuBLAS workspace) count too.
@@ -275,10 +283,10 @@ def run(spec: WorkerSpec) -> int:
 
         stage.enter("generate")
         events.send("plan", total=len(work))
-        for done, item in enumerate(work, start=1):
+        generations = _generations(engine, spec, work, prompts, run_sampler, grammar_for)
+        for done, (item, g) in enumerate(generations, start=1):
             request = item.request
             max_tokens = spec.max_tokens(request)
-            g = engine.generate(prompts[request["request_id"]], max_tokens, cpu_sampler, grammar_for(item))
             timing = request_timing(g.t_start_ns, g.token_times_ns, g.n_prompt_tokens, g.t_done_ns)
             record = records.RequestRecord(
                 config_id=spec.config_id,
@@ -309,11 +317,21 @@ def run(spec: WorkerSpec) -> int:
                 t_end_unix=g.t_end_unix,
                 gpu_uuid=spec.gpu_uuid,
                 host=spec.host,
-                extra={"sampler": cpu_sampler.name, "done_ms": (g.t_done_ns - g.t_start_ns) / 1e6,
+                extra={"sampler": g.extra.get("sampler", run_sampler.name),
+                       "done_ms": (g.t_done_ns - g.t_start_ns) / 1e6,
                        "prompt": prompt_texts[request["request_id"]], "add_bos": facts.add_bos,
                        "bos_token": facts.bos_token},
             )
+            if spec.ignore_eos:
+                record.extra["ignore_eos"] = True
+            for key in ("parallel", "slot", "group", "aggregate_tps", "aggregate_decode_tps"):
+                if key in g.extra:
+                    record.extra[key] = g.extra[key]
+            record.extra.update(_request_roofline(facts.size_bytes, timing.decode_tps, spec.peak_gbs))
             _add_energy(record, sampler, g)
+            if n_seq > 1 and record.energy_j is not None:
+                # Concurrent requests share the GPU: each window holds the others' energy too.
+                record.extra["energy_window_shared"] = True
             if spec.gpu_uuids:
                 record.extra["gpu_uuids"] = spec.gpu_uuids
             run_dir.append(records.REQUESTS_FILE, record)
@@ -379,6 +397,51 @@ def _context_guess(spec: WorkerSpec) -> int:
 
 def _mib(value) -> str:
     return "?" if value is None else f"{value / 2**20:.0f} MiB"
+
+
+def _choose_sampler(gen, engine, spec: WorkerSpec, device: str, n_seq: int, log):
+    """The sampler every request uses: the chain inside llama.cpp's graph (GPU-side) where wanted
+    and accepted, else the CPU chain. Grammar requests always take the CPU chain."""
+    cpu = gen.CpuSampler(engine.vocab, spec.temperature, spec.seed)
+    want = spec.sampler == "gpu" or (spec.sampler == "auto" and device != "cpu")
+    if not want:
+        return cpu
+    gpu = gen.GpuSampler(engine.vocab, spec.temperature, spec.seed)
+    if engine.attach_gpu_sampler(gpu, range(n_seq)):
+        return gpu
+    if spec.sampler == "gpu":
+        raise gen.EngineError("llama.cpp refused the GPU-side sampler (llama_set_sampler); use --sampler cpu")
+    log("llama.cpp refused the GPU-side sampler; sampling on the CPU")
+    return cpu
+
+
+def _generations(engine, spec: WorkerSpec, work: list[WorkItem], prompts: dict, sampler, grammar_for):
+    """(item, Generation) for every work item: one at a time, or `spec.parallel` at once."""
+    if spec.parallel <= 1:
+        for item in work:
+            request = item.request
+            yield item, engine.generate(prompts[request["request_id"]], spec.max_tokens(request), sampler,
+                                        grammar_for(item), ignore_eos=spec.ignore_eos)
+        return
+    from bench.engine.parallel import ParallelDecoder
+
+    with ParallelDecoder(engine, spec.parallel) as decoder:
+        for group, start in enumerate(range(0, len(work), spec.parallel)):
+            items = work[start:start + spec.parallel]
+            result = decoder.generate(
+                [prompts[i.request["request_id"]] for i in items], [spec.max_tokens(i.request) for i in items],
+                sampler, [grammar_for(i) for i in items], ignore_eos=spec.ignore_eos,
+            )
+            for item, g in zip(items, result.generations):
+                g.extra.update(group=group, aggregate_tps=result.aggregate_tps,
+                               aggregate_decode_tps=result.aggregate_decode_tps)
+                yield item, g
+
+
+def _request_roofline(model_bytes: int | None, decode_tps: float | None, peak_gbs: float | None) -> dict:
+    from bench.roofline import request_figures
+
+    return request_figures(model_bytes, decode_tps, peak_gbs)
 
 
 def _context_size(spec: WorkerSpec, prompts: dict[str, list[int]], slack: int = 16) -> int:
