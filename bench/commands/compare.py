@@ -9,6 +9,7 @@ import click
 from bench.errors import BenchError
 from reports.aggregate import load_run
 from reports.compare import compare_runs
+from reports.cost import CostOptions, compare_cost_section, cost_options
 from reports.output import DEFAULT_FORMATS, parse_formats, write_document
 from reports.study import compare_with_study
 
@@ -35,7 +36,8 @@ from reports.study import compare_with_study
     default=None,
     help="Directory to write into (default: FIRST_RUN/compare, or FIRST_RUN/compare-study).",
 )
-def command(runs: tuple[Path, ...], reference: str | None, formats: str, out_dir: Path | None):
+@cost_options
+def command(runs: tuple[Path, ...], reference: str | None, formats: str, out_dir: Path | None, cost: CostOptions):
     """Compare runs of the same configurations on different machines: ratios with bootstrap 95% CIs.
 
     The first run is the baseline. With --reference study, each run is set beside the published
@@ -49,6 +51,7 @@ def command(runs: tuple[Path, ...], reference: str | None, formats: str, out_dir
         doc, stem, default_out = compare_with_study(loaded), "compare_study", loaded[0].path / "compare-study"
     else:
         doc, stem, default_out = compare_runs(loaded), "compare", loaded[0].path / "compare"
+    doc.sections.append(compare_cost_section(loaded, cost))
     written = write_document(doc, out_dir or default_out, chosen, stem=stem)
     for path in written:
         click.echo(f"wrote {path}")

@@ -7,8 +7,9 @@ from pathlib import Path
 import click
 
 from reports.aggregate import load_run
+from reports.cost import CostOptions, cost_options, with_cost_section
 from reports.output import DEFAULT_FORMATS, parse_formats, write_document
-from reports.report import build_report
+from reports.report import SECTIONS, build_report
 
 
 @click.command("report")
@@ -28,11 +29,12 @@ from reports.report import build_report
     help="Directory to write into (default: RUN_DIR/report).",
 )
 @click.option("--no-plots", is_flag=True, help="Skip drawing the figures (faster).")
-def command(run_dir: Path, formats: str, out_dir: Path | None, no_plots: bool):
+@cost_options
+def command(run_dir: Path, formats: str, out_dir: Path | None, no_plots: bool, cost: CostOptions):
     """Aggregate RUN_DIR per configuration: the study's tables plus energy, memory and token pacing."""
     chosen = parse_formats(formats)
     run = load_run(run_dir)
-    doc = build_report(run, with_plots=not no_plots)
+    doc = build_report(run, with_plots=not no_plots, sections=with_cost_section(SECTIONS, cost))
     out = out_dir or run.path / "report"
     written = write_document(doc, out, chosen, stem="report")
     for note in run.notes:
