@@ -13,7 +13,9 @@ timeout, so one failure costs one row; results are written after every step.
     python benchmarks/gpu_fidelity.py --out DIR --tiny     # tiny shapes on the CPU: tests the script
 
 Writes DIR/fidelity.json, DIR/fidelity.md (the tables, for benchmarks/RESULTS.md), DIR/log.txt,
-DIR/run/calibration.json; twins are cached in DIR/../twins unless --twin-dir says otherwise.
+DIR/run/calibration.json. Twins (17 GB for the full set) are cached outside DIR, in bench's twin
+cache ($BENCH_TWIN_CACHE or ~/.cache/bench/twins) unless --twin-dir says otherwise, so a second
+run reuses them.
 """
 
 from __future__ import annotations
@@ -268,7 +270,7 @@ def main(argv=None) -> int:
     p.add_argument("--llama-bench", default=None, help="llama-bench (default: the one on PATH).")
     p.add_argument("--reps", type=int, help="Repetitions (default 5; 3 with --quick).")
     p.add_argument("--parallel", type=int, default=8, help="Sequences in throughput mode (0 = skip).")
-    p.add_argument("--twin-dir", type=Path, help="Twin cache (default: OUT/../twins).")
+    p.add_argument("--twin-dir", type=Path, help="Twin cache (default: bench's, ~/.cache/bench/twins).")
     p.add_argument("--budget-s", type=float, default=840.0,
                    help="Skip steps that would end past this many seconds (default 840).")
     p.add_argument("--models", help="Comma-separated Q4_K_M ids to run (default: all three).")
@@ -276,7 +278,9 @@ def main(argv=None) -> int:
 
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    twin_dir = (args.twin_dir or out.parent / "twins").resolve()
+    from bench.twin import twin_cache_dir
+
+    twin_dir = (args.twin_dir or twin_cache_dir()).resolve()
     reps = args.reps or (3 if args.quick or args.tiny else 5)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
@@ -359,8 +363,12 @@ def main(argv=None) -> int:
                 cmd += ["--llama-bench", exe]
             if args.tiny:
                 cmd += ["--cpu", "--threads", "1", "--n-prompt", "32", "--n-gen", "16", "--sampler", "gpu"]
-            status, _ = steps.run(f"calibrate {model_id}", cmd,
-                                  CALIBRATE_TIMEOUT_S["llama3.1:8b" if big else "default"])
+            timeout = CALIBRATE_TIMEOUT_S["llama3.1:8b" if big else "default"]
+            status, _ = steps.run(f"calibrate {model_id}", cmd, timeout)
+            if status.startswith("failed") and "--sampler" not in cmd:
+                # GPU-side sampling is experimental in llama.cpp: if it took the process down, the
+                # CPU sampler still gives this row (marked by its sampler column).
+                status, _ = steps.run(f"calibrate {model_id} (CPU sampler)", cmd + ["--sampler", "cpu"], timeout)
             if json_path.is_file():
                 cal = json.loads(json_path.read_text())
                 real = _real_bytes(manifest, model_id)

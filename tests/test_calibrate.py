@@ -235,3 +235,23 @@ def test_against_a_real_llama_bench(tiny_models, tmp_path):
     (c,) = _calibrations(run)
     assert c["llama_bench"]["tg"]["median"] > 0 and c["llama_bench"]["pp"]["median"] > 0
     assert c["ratios"]["decode_vs_tg"] > 0
+
+
+def test_gpu_fidelity_script_in_tiny_mode(tmp_path, fake_llama_bench):
+    """The GPU host's one-shot script, end to end on tiny shapes on the CPU."""
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_fidelity.py"), "--out", str(out), "--tiny",
+                             "--quick", "--llama-bench", str(fake_llama_bench), "--twin-dir", str(tmp_path / "twins"),
+                             "--parallel", "2"], capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    doc = json.loads((out / "fidelity.json").read_text())
+    (row,) = doc["rows"]
+    assert row["model"] == "tiny-llama:q4_K_M" and row["twin"] is True and row["lb_tg"] == 100.0
+    assert row["ratio_tg"] == pytest.approx(row["decode"] / 100.0)
+    assert doc["extras"]["parallel"]["n_parallel"] == 2 and doc["extras"]["telemetry"]["hz"] == 20.0
+    assert all(s["status"] == "ok" for s in doc["steps"])
+    md = (out / "fidelity.md").read_text()
+    assert "| tiny-llama:q4_K_M | Q4_K_M |" in md and "throughput mode" in md and "telemetry overhead" in md
+    assert md in result.stdout  # the same table is printed
+    assert not list(out.rglob("*.gguf"))  # twins stay out of the results folder
