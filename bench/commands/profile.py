@@ -63,10 +63,18 @@ PRESETS = ("quick", "study", "full")
 @click.option("--no-score", is_flag=True, help="Do not score the outputs (run `bench score DIR` later).")
 @click.option("--no-nli", is_flag=True, help="Score without NLI factual consistency.")
 @click.option("--nli-model", help="NLI checkpoint for factual consistency (name or path).")
+@click.option("--gpus", help="Several GPUs at once: NVML indices (0,1,…) or 'all'; one worker per GPU, "
+              "each configuration to whichever GPU is free.")
+@click.option("--split", multiple=True, metavar="ID[:N]",
+              help="With --gpus: run configuration ID over N GPUs (default: all of --gpus), layers split "
+              "in proportion to free memory. Repeatable.")
+@click.option("--ray", "ray", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
+              help="Every configuration a Ray task (num_gpus=1; 0 with --cpu). Alone: a Ray on this machine; "
+              "'auto': the cluster `ray start` began here; or a cluster address.")
 @click.pass_context
 def command(ctx, ids, tier, all_, preset, reps, out, resume, device, gpu_flag, cpu_flag, n_gpu_layers,
             flash_attn, n_threads, n_ctx, seed, temperature, constrained, max_tokens, sample_hz, gpu_index,
-            no_warmup, no_download, no_score, no_nli, nli_model, allow_partial):
+            no_warmup, no_download, no_score, no_nli, nli_model, allow_partial, gpus, split, ray):
     """Profile models (by ID, --tier or --all; default: the embedded SmolLM2-135M).
 
     Every configuration runs in its own process: load, one uncounted warm-up, every request of the
@@ -84,6 +92,8 @@ def command(ctx, ids, tier, all_, preset, reps, out, resume, device, gpu_flag, c
         device = flag_device
     if resume is not None and out is not None:
         raise click.UsageError("--resume names the run directory already; drop --out")
+    if ray is not None and (gpus or split):
+        raise click.UsageError("--ray places each configuration on a cluster GPU itself; drop --gpus/--split")
 
     options = ProfileOptions(
         preset=preset, reps=reps, device=device, n_gpu_layers=n_gpu_layers, flash_attn=flash_attn,
@@ -91,6 +101,7 @@ def command(ctx, ids, tier, all_, preset, reps, out, resume, device, gpu_flag, c
         max_tokens=max_tokens, sample_hz=sample_hz, gpu_index=gpu_index, warmup=not no_warmup,
         allow_partial=allow_partial,
         download=not no_download, score=not no_score, nli=not no_nli, nli_model=nli_model,
+        gpus=gpus, split=list(split), ray=ray,
     )
     root = ctx.find_root().obj
     manifest_path = root.manifest_path if root else None
@@ -118,13 +129,25 @@ class ProfileCommand:
             entries = manifest.select(ids=ids, tier=tier, all_=all_)
             requests = self._requests(options.preset)
             run = None
-        if options.n_threads is None:
+        if options.n_threads is None and options.ray is None:  # on Ray: each worker host's cores
             options.n_threads = _physical_cores()
 
-        llama = probe_llama_build()
+        from bench.engine.scaleout import plan_pool
+
         gpu_visible, gpu_reason = _gpu_visible()
-        device = plan_device(options.device, options.n_gpu_layers, bool(llama.get("supports_gpu_offload")),
-                             gpu_visible)
+        pool = plan_pool(options, [e.id for e in entries], gpu_visible, gpu_reason)  # --gpus, --split
+        ray_plan = None
+        if options.ray is not None:
+            from bench.engine.ray_backend import plan_ray
+
+            ray_plan = plan_ray(options)
+            llama, device = ray_plan.llama, ray_plan.device
+        else:
+            llama = probe_llama_build()
+            device = plan_device(options.device, options.n_gpu_layers, bool(llama.get("supports_gpu_offload")),
+                                 gpu_visible)
+        if pool is not None:
+            pool.check_device(device)
         if device.note:
             self.console.print(device.note)
 
@@ -145,7 +168,12 @@ class ProfileCommand:
         from bench.engine.progress import RichDisplay, summary_rows, summary_table
 
         plans = [ConfigPlan(config_id=e.id, entry=e) for e in entries]
-        display = RichDisplay(self.console)
+        if pool is not None or ray_plan is not None:
+            from bench.engine.pool_display import PoolDisplay
+
+            display = PoolDisplay(self.console)  # one row per GPU worker / Ray task
+        else:
+            display = RichDisplay(self.console)
 
         def resolve(plan: ConfigPlan) -> None:
             from bench.fetch import resolve_model
@@ -168,6 +196,12 @@ class ProfileCommand:
             run, options, device, [_request_dict(r) for r in requests], display, resolve,
             host=socket.gethostname(), gpu_uuid=gpu_uuid, on_config_resolved=resolved_to_meta,
         )
+        if pool is not None:
+            orchestrator = pool.runner(run, options, device, [_request_dict(r) for r in requests], display,
+                                       resolve, resolved_to_meta, socket.gethostname(), meta)
+        elif ray_plan is not None:
+            orchestrator = ray_plan.runner(run, options, [_request_dict(r) for r in requests], manifest,
+                                           display, meta)
         previous = signal.signal(signal.SIGTERM, _raise_interrupt)
         interrupted = False
         try:
@@ -269,7 +303,7 @@ class ProfileCommand:
                 )
         # Scoring, download and telemetry-rate choices do not alter the records: the run's own
         # apply unless this command line names them.
-        for name in ("download", "score", "nli", "nli_model", "sample_hz"):
+        for name in ("download", "score", "nli", "nli_model", "sample_hz", "gpus", "split", "ray"):
             if ctx.get_parameter_source(_PARAM.get(name, name)) == ParameterSource.COMMANDLINE:
                 setattr(saved, name, getattr(options, name))
         config_ids = [c["config_id"] for c in meta.get("configs", [])]
