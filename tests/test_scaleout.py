@@ -178,6 +178,11 @@ def test_pin_one_gpu_by_uuid_and_sample_its_nvml_index():
     # CUDA's order need not match NVML's: the UUID names the same card to both.
     assert p.child_env["CUDA_VISIBLE_DEVICES"] == "GPU-dddd"
     assert p.spec_extra == {"gpu_index": 3} and p.gpu_uuid == "GPU-dddd" and p.label == "GPU 3"
+    # Each worker's roofline uses its own card's peak bandwidth.
+    (h100,) = parse_gpus("0", PROBED)
+    assert pin([h100]).orchestrator_kwargs()["peak_gbs"] == 3350.0
+    l4 = parse_gpus("2", PROBED)[0]
+    assert pin([l4]).peak_gbs == 300.0
 
 
 def test_pin_a_split_over_several_gpus():

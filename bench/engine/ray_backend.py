@@ -142,9 +142,12 @@ def config_task(payload: dict) -> Iterator[dict]:
         pinned: dict[str, Any] = {"spec_extra": {"skip_keys": sorted(payload["skip_keys"]), "exit_with_parent": True},
                                   "record_extra": {"host": host}}
         if gpu is not None and device.device == "gpu":
+            from bench.roofline import peak_bandwidth
+
             pinned["child_env"] = {"CUDA_VISIBLE_DEVICES": gpu["uuid"], "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
             pinned["spec_extra"]["gpu_index"] = gpu["index"]
             pinned["record_extra"]["gpu_index"] = gpu["index"]
+            pinned["peak_gbs"], pinned["peak_source"] = peak_bandwidth(gpu)
 
         def resolve(plan: ConfigPlan) -> None:
             from bench.fetch import resolve_model

@@ -127,6 +127,7 @@ class Gpu:
     index: int  # NVML index (nvidia-smi's numbering)
     uuid: str
     name: str | None = None
+    facts: dict | None = field(default=None, compare=False, hash=False, repr=False)  # its hwprobe entry
 
     @property
     def label(self) -> str:
@@ -156,7 +157,7 @@ def parse_gpus(spec: str, probed: list[dict], nvml_error: str | None = None) -> 
             if index in chosen:
                 raise BenchError(f"--gpus {text}: GPU {index} is named twice")
             chosen.append(index)
-    return [Gpu(index=i, uuid=by_index[i]["uuid"], name=by_index[i].get("name")) for i in chosen]
+    return [Gpu(index=i, uuid=by_index[i]["uuid"], name=by_index[i].get("name"), facts=by_index[i]) for i in chosen]
 
 
 def parse_split(values: Sequence[str], config_ids: Sequence[str], n_gpus: int) -> dict[str, int]:
@@ -208,21 +209,32 @@ class Pinning:
     child_env: dict
     spec_extra: dict
     record_extra: dict
+    peak_gbs: float | None = None  # the GPU's peak memory bandwidth, for the roofline figures
+    peak_source: str | None = None
+
+    def orchestrator_kwargs(self) -> dict:
+        return {"gpu_uuid": self.gpu_uuid, "child_env": self.child_env, "spec_extra": self.spec_extra,
+                "record_extra": self.record_extra, "peak_gbs": self.peak_gbs, "peak_source": self.peak_source}
 
 
 def pin(gpus: Sequence[Gpu], free_bytes: Callable[[Sequence[int]], list] = nvml_free_bytes) -> Pinning:
     first = gpus[0]
     env = {"CUDA_VISIBLE_DEVICES": ",".join(g.uuid for g in gpus), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
     if len(gpus) == 1:
+        from bench.roofline import peak_bandwidth
+
+        peak_gbs, peak_source = peak_bandwidth(first.facts) if first.facts else (None, None)
         return Pinning(
             label=first.label, gpu_uuid=first.uuid, child_env=env,
             spec_extra={"gpu_index": first.index},
             record_extra={"gpu_index": first.index},
+            peak_gbs=peak_gbs, peak_source=peak_source,
         )
     indices = [g.index for g in gpus]
     uuids = [g.uuid for g in gpus]
     free = free_bytes(indices)
     shares = tensor_split(free)
+    # No roofline for a split: with a layer split the GPUs take turns, so no one peak applies.
     return Pinning(
         label="GPU " + "+".join(str(i) for i in indices),
         gpu_uuid=first.uuid,
@@ -241,7 +253,7 @@ def pin(gpus: Sequence[Gpu], free_bytes: Callable[[Sequence[int]], list] = nvml_
 class GpuPool:
     """Runs ConfigPlans over GPUs with one Orchestrator per configuration, pinned to its GPU(s).
 
-    `make_orchestrator(display=…, gpu_uuid=…, child_env=…, spec_extra=…, record_extra=…)` builds
+    `make_orchestrator(display=…, **Pinning.orchestrator_kwargs())` builds
     the Orchestrator (the caller supplies the run, options, requests and resolver); `display` is a
     bench.engine.pool_display.PoolDisplay (one row per GPU worker).
     """
@@ -280,10 +292,7 @@ class GpuPool:
         pinning = pin(gpus, self.free_bytes)
         row = self.display.row(pinning.label)
         row.config_start(job.order + 1, job.name)
-        orchestrator = self.make_orchestrator(
-            display=row, gpu_uuid=pinning.gpu_uuid, child_env=pinning.child_env,
-            spec_extra=pinning.spec_extra, record_extra=pinning.record_extra,
-        )
+        orchestrator = self.make_orchestrator(display=row, **pinning.orchestrator_kwargs())
         with self._lock:
             self._running[job.name] = orchestrator
             if self._stopping:  # Ctrl-C came between the queue's start and here
