@@ -59,6 +59,15 @@ PRESETS = ("quick", "study", "full")
 @click.option("--no-warmup", is_flag=True, help="Skip the uncounted warm-up request.")
 @click.option("--allow-partial", is_flag=True,
               help="A model too big for free GPU memory: offload the layers that fit instead of refusing it.")
+@click.option("--twin", is_flag=True,
+              help="Time random-weight twins of the models (bench twin: exact shapes, real quant types), "
+              "EOS ignored; twins are never scored.")
+@click.option("--sampler", type=click.Choice(["auto", "gpu", "cpu"]), default="auto", show_default=True,
+              help="Where sampling runs: gpu = inside llama.cpp's graph (llama_set_sampler); auto = gpu on "
+              "GPU runs. Recorded per configuration; JSON-schema constrained requests always sample on the CPU.")
+@click.option("--parallel", type=click.IntRange(1), default=1, show_default=True,
+              help="Throughput mode: decode N requests at once as sequences of one batch.")
+@click.option("--ignore-eos", is_flag=True, help="Generate exactly the max tokens of every request.")
 @click.option("--no-download", is_flag=True, help="Use only files already on disk (no hub access).")
 @click.option("--no-score", is_flag=True, help="Do not score the outputs (run `bench score DIR` later).")
 @click.option("--no-nli", is_flag=True, help="Score without NLI factual consistency.")
@@ -74,7 +83,7 @@ PRESETS = ("quick", "study", "full")
 @click.pass_context
 def command(ctx, ids, tier, all_, preset, reps, out, resume, device, gpu_flag, cpu_flag, n_gpu_layers,
             flash_attn, n_threads, n_ctx, seed, temperature, constrained, max_tokens, sample_hz, gpu_index,
-            no_warmup, no_download, no_score, no_nli, nli_model, allow_partial, gpus, split, ray):
+            no_warmup, no_download, no_score, no_nli, nli_model, allow_partial, twin, sampler, parallel, ignore_eos, gpus, split, ray):
     """Profile models (by ID, --tier or --all; default: the embedded SmolLM2-135M).
 
     Every configuration runs in its own process: load, one uncounted warm-up, every request of the
@@ -99,7 +108,7 @@ def command(ctx, ids, tier, all_, preset, reps, out, resume, device, gpu_flag, c
         preset=preset, reps=reps, device=device, n_gpu_layers=n_gpu_layers, flash_attn=flash_attn,
         n_threads=n_threads, n_ctx=n_ctx, seed=seed, temperature=temperature, constrained=constrained,
         max_tokens=max_tokens, sample_hz=sample_hz, gpu_index=gpu_index, warmup=not no_warmup,
-        allow_partial=allow_partial,
+        allow_partial=allow_partial, sampler=sampler, parallel=parallel, ignore_eos=ignore_eos or twin, twin=twin,
         download=not no_download, score=not no_score, nli=not no_nli, nli_model=nli_model,
         gpus=gpus, split=list(split), ray=ray,
     )
@@ -167,7 +176,7 @@ class ProfileCommand:
         from bench.engine.orchestrator import ConfigPlan, Interrupted
         from bench.engine.progress import RichDisplay, summary_rows, summary_table
 
-        plans = [ConfigPlan(config_id=e.id, entry=e) for e in entries]
+        plans = [ConfigPlan(config_id=e.id, entry=e, twin=options.twin) for e in entries]
         if pool is not None or ray_plan is not None:
             from bench.engine.pool_display import PoolDisplay
 
@@ -176,6 +185,13 @@ class ProfileCommand:
             display = RichDisplay(self.console)
 
         def resolve(plan: ConfigPlan) -> None:
+            if plan.twin:  # the model's random-weight twin, written once and cached
+                from bench.twin import ensure_twin
+
+                made = ensure_twin(plan.entry, progress=lambda msg: display.note(escape(msg)), manifest=manifest)
+                plan.model_path, plan.model_bytes = str(made.path), made.size_bytes
+                plan.sha256, plan.verified_by = None, "twin"
+                return
             from bench.fetch import resolve_model
 
             resolved = resolve_model(plan.entry, manifest, download=options.download,
@@ -195,6 +211,7 @@ class ProfileCommand:
         orchestrator = Orchestrator(
             run, options, device, [_request_dict(r) for r in requests], display, resolve,
             host=socket.gethostname(), gpu_uuid=gpu_uuid, on_config_resolved=resolved_to_meta,
+            **_peak_bandwidth(hardware, options.gpu_index),
         )
         if pool is not None:
             orchestrator = pool.runner(run, options, device, [_request_dict(r) for r in requests], display,
@@ -240,6 +257,9 @@ class ProfileCommand:
     def _score(self, run: RunDir, options) -> bool:
         """Score in this process, after every child (and its model) is gone. True unless it failed."""
         where = escape(str(run.path))
+        if options.twin:
+            self.console.print("not scored: twins have random weights (timing only)")
+            return True
         if not options.score:
             self.console.print(f"not scored (--no-score); score later with: bench score {where}")
             return True
@@ -388,6 +408,14 @@ def _gpu_visible() -> tuple[bool, str | None]:
 
     with NvmlSession() as session:
         return session.available, session.error
+
+
+def _peak_bandwidth(hardware: dict, index: int) -> dict:
+    """The GPU's peak memory bandwidth for the roofline figures (bench.roofline): NVML, else a table."""
+    from bench.roofline import gpu_entry, peak_bandwidth
+
+    gbs, source = peak_bandwidth(gpu_entry(hardware, index))
+    return {"peak_gbs": gbs, "peak_source": source}
 
 
 def _hardware() -> dict:
