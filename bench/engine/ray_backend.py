@@ -5,7 +5,8 @@ task (num_gpus=1; num_gpus=0 with --cpu) that, on its worker host:
 
 - probes the host (hwprobe) and the llama-cpp-python build there, and plans the device there;
 - resolves the model file there (`resolve_model(download=…)`: the hub from the worker host, or
-  the path as given for `source = "local"` / "package" entries), checked against that host's lock;
+  the path as given for `source = "local"` / "package" entries), checked against that host's lock
+  (with --twin: the twin, written on that host);
 - runs the configuration exactly as `bench profile` does locally (bench.engine.orchestrator: one
   child process, pinned to the task's GPU by UUID) into a scratch run directory, and yields every
   request record, telemetry batch, log line and progress event as it lands there, then the
@@ -150,6 +151,14 @@ def config_task(payload: dict) -> Iterator[dict]:
             pinned["peak_gbs"], pinned["peak_source"] = peak_bandwidth(gpu)
 
         def resolve(plan: ConfigPlan) -> None:
+            if plan.twin:  # --twin: the worker host writes (or reuses) the random-weight twin itself
+                from bench.twin import ensure_twin
+
+                made = ensure_twin(plan.entry, manifest=payload["manifest"],
+                                   progress=lambda msg: q.put(("note", f"{host}: {msg}")))
+                plan.model_path, plan.model_bytes, plan.sha256, plan.verified_by = (
+                    str(made.path), made.size_bytes, None, "twin")
+                return
             from bench.fetch import resolve_model
 
             resolved = resolve_model(plan.entry, payload["manifest"], download=options.download,
