@@ -335,3 +335,30 @@ def test_gpus_on_a_machine_without_gpus_is_one_clear_line(tiny_models, local_man
     assert len(lines) == 1 and lines[0].startswith("error: --gpus 0,1: no NVIDIA GPU found"), result.stderr
     assert "Traceback" not in result.stderr
     assert not out.exists()  # refused before any run directory was made
+
+
+def test_ctrl_c_interrupts_the_running_jobs_and_starts_no_more():
+    import signal
+
+    stop = threading.Event()
+    started = []
+
+    def run_job(job, slots):
+        started.append(job.name)
+        if not stop.wait(10):  # a running child, until interrupt() stops it
+            return ("ok", job.name, slots)
+        return ("interrupted", job.name, slots)
+
+    def press_ctrl_c():
+        while len(started) < 2:
+            time.sleep(0.01)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    pool = _pool(["g0", "g1"], run_job, interrupt=stop.set, is_interrupt=lambda r: r[0] == "interrupted")
+    threading.Thread(target=press_ctrl_c, daemon=True).start()
+    t0 = time.monotonic()
+    with pytest.raises(PoolInterrupted) as info:
+        pool.run([Job(i, f"j{i}") for i in range(5)])
+    assert time.monotonic() - t0 < 5  # the running jobs were stopped, not awaited to the end
+    assert sorted(r[1] for r in info.value.results) == ["j0", "j1"]
+    assert all(r[0] == "interrupted" for r in info.value.results) and sorted(started) == ["j0", "j1"]

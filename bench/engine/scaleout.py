@@ -87,6 +87,8 @@ class SlotPool(Generic[S, R]):
         stopping = False
         with ThreadPoolExecutor(max_workers=n, thread_name_prefix="bench-slot") as pool:
             while running or (pending and not stopping):
+                # Ctrl-C may land anywhere in here: stop starting jobs, interrupt the running ones
+                # and keep collecting them (leaving would wait for them anyway, uninterrupted).
                 try:
                     while pending and not stopping and len(free) >= pending[0].n_slots:
                         job = pending.pop(0)
@@ -95,22 +97,21 @@ class SlotPool(Generic[S, R]):
                         self.on_start(job, slots)
                         running[pool.submit(self.run_job, job, slots)] = (job, taken)
                     done, _ = wait(list(running), timeout=self.poll_s, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        job, taken = running.pop(future)
+                        free = sorted(free + list(taken))
+                        slots = tuple(self.slots[i] for i in taken)
+                        try:
+                            result = future.result()
+                        except Exception as exc:  # noqa: BLE001 - one job's failure is its own
+                            result = self.on_error(job, slots, exc)
+                        self._results[job.order] = result
+                        self.on_end(job, slots, result)
+                        if self.is_interrupt(result) and not stopping:
+                            stopping = True
+                            self.interrupt()
                 except KeyboardInterrupt:
                     if not stopping:
-                        stopping = True
-                        self.interrupt()
-                    continue
-                for future in done:
-                    job, taken = running.pop(future)
-                    free = sorted(free + list(taken))
-                    slots = tuple(self.slots[i] for i in taken)
-                    try:
-                        result = future.result()
-                    except BaseException as exc:  # noqa: BLE001 - one job's failure is its own
-                        result = self.on_error(job, slots, exc)
-                    self._results[job.order] = result
-                    self.on_end(job, slots, result)
-                    if self.is_interrupt(result) and not stopping:
                         stopping = True
                         self.interrupt()
         results = [self._results[j.order] for j in sorted(jobs, key=lambda j: j.order) if j.order in self._results]
