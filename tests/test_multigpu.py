@@ -25,7 +25,8 @@ pytestmark = pytest.mark.gpu
 
 REPO = Path(__file__).resolve().parents[1]
 TWIN_OF = "llama3.2:1b-q4_K_M"
-FAST = ["--max-tokens", "64", "--no-score", "--no-download", "--sample-hz", "20"]
+# Random weights stop at a random EOS: --ignore-eos makes every request 64 tokens long.
+FAST = ["--max-tokens", "64", "--ignore-eos", "--no-score", "--no-download", "--sample-hz", "20"]
 
 
 def bench(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
@@ -88,7 +89,9 @@ def test_two_configurations_run_at_once_one_per_gpu(nvml_gpus, twin_manifest, tm
     reqs = _by_config(run)
     for config_id, rs in reqs.items():
         assert {r.gpu_uuid for r in rs} == {configs[config_id].gpu_uuid}
-        assert all(r.energy_j and r.energy_j > 0 for r in rs)  # each child sampled its own GPU
+        # Each child sampled its own GPU: every request has an energy figure, and they add up to work done.
+        assert all(r.energy_j is not None for r in rs) and sum(r.energy_j for r in rs) > 0
+        assert all(r.n_gen_tokens == 64 for r in rs)
     # At once: the two configurations' request windows overlap.
     a0, a1 = min(r.t_start_unix for r in reqs["twin-a"]), max(r.t_end_unix for r in reqs["twin-a"])
     b0, b1 = min(r.t_start_unix for r in reqs["twin-b"]), max(r.t_end_unix for r in reqs["twin-b"])

@@ -8,7 +8,6 @@ several children appending to one run directory at once lose and duplicate nothi
 from __future__ import annotations
 
 import io
-import json
 import os
 import subprocess
 import sys
