@@ -1,7 +1,8 @@
 """Multi-GPU scale-out: N configurations on N GPUs at once (`bench profile --gpus`), one table.
 
 Writes a random-weight twin (`bench twin`, default llama3.2:1b at Q4_K_M, about 0.8 GB), registers
-it as one configuration per GPU in a local manifest, runs `bench profile --gpus all` over them,
+it as one configuration per GPU in a local manifest, runs `bench profile --gpus all --ignore-eos`
+(random weights would stop at random EOS tokens) over them,
 and prints per configuration: its GPU (NVML index and UUID), n requests, median decode speed with
 p10–p90, and wall time; then the run's total wall time against the sum of the configurations'
 wall times, which is what running them one after another would have cost (load times included).
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     result = bench("--manifest", str(manifest), "profile", *ids, *(["twin-split"] if args.split else []),
                    "--gpus", "all", *extra, "--preset", args.preset, "--max-tokens", str(args.max_tokens),
-                   "--no-score", "--no-download", "--out", str(run_dir))
+                   "--ignore-eos", "--no-score", "--no-download", "--out", str(run_dir))
     elapsed = time.time() - t0
     if not (run_dir / "run.json").exists():
         sys.exit(f"bench profile wrote no run (exit {result.returncode})")
