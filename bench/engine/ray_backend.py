@@ -118,6 +118,10 @@ def config_task(payload: dict) -> Iterator[dict]:
     options = ProfileOptions.from_dict(payload["options"])
     hardware = collect(include_llama=False)
     gpu = None
+    token = None
+    # Ray hands out its GPU ids as CUDA_VISIBLE_DEVICES values; with CUDA_DEVICE_ORDER=PCI_BUS_ID
+    # (set for the child) a number is the NVML index. The child is then pinned by UUID, the one
+    # name CUDA and NVML share, so telemetry and records describe the card that did the work.
     if options.device != "cpu":
         import ray
 
@@ -142,6 +146,9 @@ def config_task(payload: dict) -> Iterator[dict]:
                              bool(hardware.get("gpus")))
         pinned: dict[str, Any] = {"spec_extra": {"skip_keys": sorted(payload["skip_keys"]), "exit_with_parent": True},
                                   "record_extra": {"host": host}}
+        if gpu is None and device.device == "gpu":
+            yield {"kind": "note", "text": f"{host}: Ray's GPU id {token!r} matches no NVML device; the child "
+                                           "keeps Ray's CUDA_VISIBLE_DEVICES and its records name no GPU UUID"}
         if gpu is not None and device.device == "gpu":
             from bench.roofline import peak_bandwidth
 
