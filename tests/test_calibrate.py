@@ -255,3 +255,18 @@ def test_gpu_fidelity_script_in_tiny_mode(tmp_path, fake_llama_bench):
     assert "| tiny-llama:q4_K_M | Q4_K_M |" in md and "throughput mode" in md and "telemetry overhead" in md
     assert md in result.stdout  # the same table is printed
     assert not list(out.rglob("*.gguf"))  # twins stay out of the results folder
+
+
+def test_calibrate_a_manifest_id_on_its_twin(tmp_path):
+    from test_twin_profile import _manifest
+
+    manifest = _manifest(tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    result = bench("--manifest", str(manifest), "calibrate", "tiny-llama:q8_0", "--twin", *FAST, "--run", str(run),
+                   cwd=tmp_path, env={"BENCH_TWIN_CACHE": str(tmp_path / "twins")})
+    assert result.returncode == 0, result.stderr
+    (c,) = _calibrations(run)
+    assert c["twin"] is True and c["model_id"] == "tiny-llama:q8_0"
+    assert c["model_path"].startswith(str(tmp_path / "twins"))
+    assert "Q8_0" in c["inprocess"]["model"]["desc"]
