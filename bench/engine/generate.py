@@ -3,12 +3,15 @@
 Why not `Llama.create_chat_completion`: its stream yields text chunks that it holds back while a
 stop string might be forming, so chunk arrival is not token arrival; it reuses a matching prompt
 prefix from the previous request, so TTFT reads too low; and each token costs a lot of Python.
-Here every token costs one sample call, one EOG check, one piece copy and one decode call, each a
-direct ctypes call, with a `perf_counter_ns` stamp right after sampling (sampling reads the logits,
-which waits for the device, so the stamp marks the token's real arrival).
+Here every token costs one sample call, one EOG check (none when EOS is ignored) and one decode
+call, each a direct ctypes call, with a `perf_counter_ns` stamp right after sampling (sampling
+waits for the device, so the stamp marks the token's real arrival); text is made from the token
+ids after the last stamp.
 
-The sampler is pluggable (`CpuSampler` builds llama.cpp's CPU sampler chain); a later GPU
-sampler only has to supply `name` and `chain(grammar)`.
+Samplers: `CpuSampler` builds llama.cpp's CPU sampler chain; `GpuSampler` is the same chain run
+inside llama.cpp's graph (`llama_set_sampler`, attached with `Engine.attach_gpu_sampler`), so a
+step copies back one token id instead of the vocabulary's logits. Throughput mode (several
+sequences per batch) is `bench.engine.parallel`.
 """
 
 from __future__ import annotations
