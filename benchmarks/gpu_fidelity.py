@@ -378,6 +378,11 @@ def main(argv=None) -> int:
                 status, _ = steps.run(f"calibrate {model_id} (CPU sampler)", cmd + ["--sampler", "cpu"], timeout)
             if json_path.is_file():
                 cal = json.loads(json_path.read_text())
+                info = (cal.get("llama_bench") or {}).get("info") or {}
+                if info.get("build_commit") and not meta.get("llama_bench_build"):
+                    meta["llama_bench_build"] = f"{info['build_commit']} ({info.get('build_number')})"
+                    meta["llama_bench_gpu_info"] = info.get("gpu_info")
+                    meta["card"] = meta.get("card") or info.get("gpu_info")
                 real = _real_bytes(manifest, model_id)
                 rows.append(row_of(model_id, quant, cal, real))
                 ip = cal.get("inprocess") or {}
