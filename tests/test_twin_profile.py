@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from bench import records
 from bench.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]

@@ -51,6 +51,9 @@ class GenerationError(EngineError):
 # --------------------------------------------------------------------------- log routing
 
 
+_INSTALLED_LOG_CALLBACKS: list = []  # see LlamaLog.install
+
+
 class LlamaLog:
     """Routes llama.cpp's (and ggml's) log into `sink(line)` and remembers the facts we need.
 
@@ -70,6 +73,10 @@ class LlamaLog:
         self._callback = _ll.llama_log_callback(self._on_log)
 
     def install(self) -> None:
+        # llama.cpp keeps the pointer until another callback replaces it, even past this object's
+        # life (a second Engine in one process installs its own, then is collected): the thunk
+        # must never be freed while C may call it, so every installed one is kept.
+        _INSTALLED_LOG_CALLBACKS.append(self._callback)
         _ll.llama_log_set(self._callback, ctypes.c_void_p(0))
 
     def _on_log(self, level: int, text: bytes, user_data) -> None:  # called from C

@@ -82,7 +82,6 @@ class ParallelDecoder:
         self.n_parallel = n_parallel
         self.capacity = max(engine.n_batch, n_parallel)
         self._batch = _ll.llama_batch_init(self.capacity, 0, 1)
-        self._piece = None
 
     def close(self) -> None:
         if self._batch is not None:
@@ -101,7 +100,6 @@ class ParallelDecoder:
         if not 1 <= n <= self.n_parallel:
             raise GenerationError(f"{n} requests for a decoder of {self.n_parallel} sequences")
         eng = self.engine
-        ctx = eng.ctx
         limits = [max_tokens] * n if isinstance(max_tokens, int) else list(max_tokens)
         grammars = list(grammars) if grammars is not None else [None] * n
         per_seq_ctx = eng.n_ctx // max(self.n_parallel, 1)
