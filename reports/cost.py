@@ -612,10 +612,11 @@ def per_ktask_cell(row: CostRow) -> Cell:
     p10 = TASKS_PER_ROW * cost_per_task_usd(row.price.usd_per_hour, lat.p10)
     p90 = TASKS_PER_ROW * cost_per_task_usd(row.price.usd_per_hour, lat.p90)
     fields.update(p10=p10, p90=p90)
+    spread = f"p10–p90 {usd_text(p10)}–{usd_text(p90)}, " if w.n_tasks > 1 else ""
     return Cell(
         usd_text(value),
         value,
-        f"mean latency {sig_text(lat.mean, 3)} s; p10–p90 {usd_text(p10)}–{usd_text(p90)}, n={w.n_tasks}{trunc}",
+        f"mean latency {sig_text(lat.mean, 3)} s; {spread}n={w.n_tasks}{trunc}",
         fields,
     )
 
@@ -642,7 +643,7 @@ def energy_cell(row: CostRow) -> Cell:
     return Cell(
         usd_text(value),
         value,
-        f"mean {sig_text(e.mean, 3)} J/task, p10–p90 {sig_text(e.p10, 3)}–{sig_text(e.p90, 3)} J, n={e.n}",
+        f"mean {sig_text(e.mean, 3)} J/task, " + (f"p10–p90 {sig_text(e.p10, 3)}–{sig_text(e.p90, 3)} J, " if e.n > 1 else "") + f"n={e.n}",
         {"energy_j_mean": e.mean, "n": e.n},
     )
 

@@ -91,7 +91,7 @@ def build_archive_run(base: Path, name: str | None = None) -> Path:
     run.append(records.CONFIGS_FILE, records.ConfigRecord(config_id="tiny:14b-q4_K_M~twin", status="ok", stage="done", n_requests=3, twin=True))
     run.log("profile started — ünïcode")
     (path / "crosscheck").mkdir()
-    (path / "crosscheck" / "ollama.jsonl").write_text('{"model": "tiny", "tps": 88.1}\n')
+    (path / "crosscheck" / "server.log").write_text("ollama serve: listening on 127.0.0.1:11434\n")
     (path / "sweep.jsonl").write_text('{"n_ctx": 2048, "tps": 90.0}\n{"n_ctx": 4096, "tps": 85.5}\n{"n_ctx": 8')  # cut short
     (path / "extras").mkdir()
     (path / "extras" / "plot.png").write_bytes(bytes(range(256)) * 4)
@@ -151,7 +151,7 @@ def test_round_trip_is_equal_record_for_record(run_path, tmp_path, suffix):
     raw_older = json.loads((imported / "requests.jsonl").read_bytes().splitlines()[12])
     assert "extra" not in raw_older
     # Files carried as they are come back byte for byte; scratch files and regenerated reports stay out.
-    for rel in ("run.json", "configs.jsonl", "log.txt", "crosscheck/ollama.jsonl", "sweep.jsonl", "extras/plot.png"):
+    for rel in ("run.json", "configs.jsonl", "log.txt", "crosscheck/server.log", "sweep.jsonl", "extras/plot.png"):
         assert (imported / rel).read_bytes() == (run_path / rel).read_bytes(), rel
     assert not (imported / ".worker-spec-123.json").exists()
     assert not (imported / "report").exists()
@@ -176,7 +176,7 @@ def test_archive_is_self_describing_and_pandas_reads_its_tables(run_path, tmp_pa
         paths = {m["path"]: m for m in manifest["members"]}
         assert set(paths) == {
             "run.json", "tables/requests.parquet", "tables/scores.parquet", "tables/telemetry.parquet",
-            "files/configs.jsonl", "files/log.txt", "files/crosscheck/ollama.jsonl", "files/sweep.jsonl",
+            "files/configs.jsonl", "files/log.txt", "files/crosscheck/server.log", "files/sweep.jsonl",
             "files/extras/plot.png",
         }
         for member in manifest["members"]:
@@ -297,6 +297,8 @@ def _bench(*args, cwd):
 
 
 def test_cli_export_and_import(run_path, tmp_path):
+    # Stand-in files shaped like no real sweep output: other report sections read sweep.jsonl themselves.
+    (run_path / "sweep.jsonl").unlink()
     result = _bench("export", str(run_path), "-o", "shared.tar.gz", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "13 requests, 8 scores, 5 telemetry" in result.stdout

@@ -350,3 +350,19 @@ def test_bad_cost_options_exit_with_one_line(run_path, tmp_path, args, message):
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert result.stderr.startswith(message), result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_cost_section_sits_after_the_recommendations_and_uses_the_example_price(run_path):
+    from reports.report import SECTIONS, build_report
+
+    sections = cost.with_cost_section(SECTIONS, cost.CostOptions())
+    names = [getattr(b, "__name__", "") for b in sections]
+    assert names.index("cost") == names.index("recommendations") + 1
+    doc = build_report(load_run(run_path), with_plots=False, sections=sections)
+    section = next(s for s in doc.sections if s.key == "cost")
+    text = " ".join(getattr(b, "text", "") for b in section.blocks)
+    assert "example from the shipped table, not a quote" in text
+    table = next(b for b in section.blocks if getattr(b, "key", "") == "cost")
+    price = table.rows[0][2]
+    shipped = next(e for e in cost.load_price_table() if e.name == "H100 80GB")
+    assert price.value == shipped.usd_per_hour and "entry 'H100 80GB'" in price.fields["source"]
