@@ -149,7 +149,21 @@ def to_dict(record) -> dict[str, Any]:
     return dataclasses.asdict(record)
 
 
+class RecordError(ValueError):
+    """A JSON object that lacks fields its record type requires (a foreign or damaged line)."""
+
+
 def from_dict(cls, data: dict[str, Any]):
     """Build a record from a JSON object, ignoring fields this version does not know."""
-    names = {f.name for f in dataclasses.fields(cls)}
+    fields = dataclasses.fields(cls)
+    missing = [
+        f.name
+        for f in fields
+        if f.name not in data
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise RecordError(f"not a {cls.__name__}: missing {', '.join(missing)}")
+    names = {f.name for f in fields}
     return cls(**{k: v for k, v in data.items() if k in names})

@@ -130,17 +130,27 @@ class RunDir:
         append_jsonl(self.file(name), obj)
 
     def requests(self) -> list[records.RequestRecord]:
-        return [records.from_dict(records.RequestRecord, r) for r in self._rows(records.REQUESTS_FILE)]
+        return self._records(records.REQUESTS_FILE, records.RequestRecord)
 
     def configs(self) -> list[records.ConfigRecord]:
-        return [records.from_dict(records.ConfigRecord, r) for r in self._rows(records.CONFIGS_FILE)]
+        return self._records(records.CONFIGS_FILE, records.ConfigRecord)
 
     def telemetry(self) -> Iterator[records.TelemetrySample]:
-        for row in self._rows(records.TELEMETRY_FILE):
-            yield records.from_dict(records.TelemetrySample, row)
+        for lineno, row in enumerate(self._rows(records.TELEMETRY_FILE), start=1):
+            yield self._record(records.TELEMETRY_FILE, lineno, records.TelemetrySample, row)
 
     def scores(self) -> list[records.ScoreRecord]:
-        return [records.from_dict(records.ScoreRecord, r) for r in self._rows(records.SCORES_FILE)]
+        return self._records(records.SCORES_FILE, records.ScoreRecord)
+
+    def _records(self, name: str, cls) -> list:
+        return [self._record(name, i, cls, row) for i, row in enumerate(self._rows(name), start=1)]
+
+    def _record(self, name: str, index: int, cls, row: dict[str, Any]):
+        try:
+            return records.from_dict(cls, row)
+        except records.RecordError as exc:
+            # A valid JSON line of the wrong shape means the file is not bench's: say which, once.
+            raise RunDirError(f"{self.file(name)}: record {index}: {exc}") from exc
 
     def recorded_keys(self) -> set[str]:
         """Keys of requests already on disk: what `--resume` skips."""

@@ -272,7 +272,7 @@ def load_run(path: str | Path) -> RunSummary:
     for row in request_rows.rows:
         try:
             rec = records.from_dict(records.RequestRecord, row)
-        except TypeError as exc:  # a line missing required fields
+        except records.RecordError as exc:  # a line missing required fields
             raise RunDirError(f"{run.file(records.REQUESTS_FILE)}: malformed request record ({exc})") from exc
         by_key[rec.key] = rec  # a re-recorded request (resume) replaces the earlier one
     if len(by_key) < len(request_rows.rows):

@@ -61,6 +61,8 @@ def load_sweep(path: str | Path) -> pd.DataFrame | None:
         return None
     rows = []
     for row in read_jsonl(file).rows:
+        if not all(key in row for key in ("config_id", "depth", "rep", "status")):
+            continue  # not a SweepRecord (a foreign or damaged line): the sweep tables skip it
         settings = row.get("settings") or {}
         flat = {k: v for k, v in row.items() if k not in ("settings", "extra")}
         flat.update({name: settings.get(name) for name in SETTING_LABELS})

@@ -166,6 +166,11 @@ def read_crosschecks(run_path: str | Path) -> list[CrosscheckSet]:
         except (OSError, json.JSONDecodeError):
             meta = {}
         read = read_jsonl(path)
-        recs = [records.from_dict(CrosscheckRecord, row) for row in read.rows]
-        sets.append(CrosscheckSet(label, meta, recs, read.bad_lines))
+        recs, bad = [], list(read.bad_lines)
+        for index, row in enumerate(read.rows, start=1):
+            try:
+                recs.append(records.from_dict(CrosscheckRecord, row))
+            except records.RecordError:
+                bad.append(index)  # a foreign object in crosscheck/: skipped and counted, not fatal
+        sets.append(CrosscheckSet(label, meta, recs, bad))
     return sets
