@@ -157,7 +157,8 @@ _INPUT_TENSORS = ("token_embd.weight", "token_embd_norm.weight", "token_embd_nor
 
 def _cuda_tensor_bytes(n_bytes: int, ne0: int, type_id: int) -> int:
     """A tensor's size in a CUDA buffer: quantized rows padded to 512 elements, then aligned."""
-    import gguf
+    from bench.ggufio import gguf_module
+    gguf = gguf_module()
 
     size = n_bytes
     try:
@@ -198,7 +199,8 @@ class GgufHeader:
 
 
 def _tensor_bytes(shape: Sequence[int], type_id: int) -> int:
-    import gguf
+    from bench.ggufio import gguf_module
+    gguf = gguf_module()
 
     try:
         block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(type_id)]

@@ -66,7 +66,7 @@ def fake_llama_bench(tmp_path) -> Path:
 
 
 def bench(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    full_env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
+    full_env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])), **(env or {}))
     return subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True, text=True, timeout=600,
                           env=full_env, cwd=cwd)
 
@@ -240,7 +240,7 @@ def test_against_a_real_llama_bench(tiny_models, tmp_path):
 def test_gpu_fidelity_script_in_tiny_mode(tmp_path, fake_llama_bench):
     """The GPU host's one-shot script, end to end on tiny shapes on the CPU."""
     out = tmp_path / "out"
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_fidelity.py"), "--out", str(out), "--tiny",
                              "--quick", "--llama-bench", str(fake_llama_bench), "--twin-dir", str(tmp_path / "twins"),
                              "--parallel", "2"], capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)

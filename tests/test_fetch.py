@@ -289,7 +289,7 @@ def test_split_gguf_fetches_every_part(env, hub, capsys):
 def test_404_is_one_line_and_the_other_models_still_download(env, hub):
     """Run as a user would: a subprocess whose environment alone points huggingface_hub at the stub."""
     manifest_path, environ = env
-    environ = dict(environ, HF_TOKEN=FAKE_TOKEN, PYTHONPATH=str(ROOT))
+    environ = dict(environ, HF_TOKEN=FAKE_TOKEN, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "--manifest", str(manifest_path), "fetch", "tiny:missing-q4_K_M", "tiny:a-q8_0"],
         env=environ,

@@ -30,7 +30,7 @@ FAST = ["--max-tokens", "64", "--ignore-eos", "--no-score", "--no-download", "--
 
 
 def bench(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     return subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True, text=True,
                           timeout=timeout, env=env, cwd=REPO)
 
@@ -43,7 +43,7 @@ def nvml_gpus() -> list[dict]:
     if len(gpus) < 2:
         pytest.skip(f"needs two NVIDIA GPUs; NVML sees {len(gpus)}")
     probe = subprocess.run([sys.executable, "-m", "bench.engine.worker", "--probe"], capture_output=True, text=True,
-                           env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=120)
+                           env=dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))), timeout=120)
     if '"supports_gpu_offload": true' not in probe.stdout:
         pytest.skip(f"llama-cpp-python here cannot offload to a GPU: {probe.stdout.strip()[-200:]}")
     return gpus

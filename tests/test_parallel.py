@@ -168,7 +168,7 @@ def test_worker_runs_requests_in_parallel_groups_with_gpu_side_sampling(tiny_mod
     run.write_meta({"test": True})
     spec_path = tmp_path / "spec.json"
     spec_path.write_text(json.dumps(_worker_spec(tmp_path, tiny_models["tiny"], requests)))
-    env = dict(os.environ, PYTHONPATH=str(repo))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")])))
     out = subprocess.run([sys.executable, "-m", "bench.engine.worker", str(spec_path)], capture_output=True,
                          text=True, timeout=300, env=env)
     assert out.returncode == 0, (tmp_path / records.LOG_FILE).read_text()[-2000:]

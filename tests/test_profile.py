@@ -26,7 +26,7 @@ REINSTALL = 'CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-cach
 
 
 def bench(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    full_env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
+    full_env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])), **(env or {}))
     return subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True, text=True,
                           timeout=timeout, env=full_env, cwd=REPO)
 
@@ -230,7 +230,7 @@ def test_resume_of_a_finished_run_runs_nothing(tiny_run):
 def test_ctrl_c_stops_the_child_keeps_records_and_says_how_to_resume(tiny_models, local_manifest, tmp_path):
     manifest = local_manifest({"tiny": tiny_models["tiny"]})
     out = tmp_path / "run"
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench", "--manifest", str(manifest), "profile", "tiny", "--reps", "50",
          "--out", str(out), *FAST],
@@ -257,7 +257,7 @@ def test_ctrl_c_stops_the_child_keeps_records_and_says_how_to_resume(tiny_models
 def test_a_child_whose_parent_dies_stops_instead_of_recording_on(tiny_models, local_manifest, tmp_path):
     manifest = local_manifest({"tiny": tiny_models["tiny"]})
     out = tmp_path / "run"
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     parent = subprocess.Popen(
         [sys.executable, "-m", "bench", "--manifest", str(manifest), "profile", "tiny", "--reps", "50",
          "--out", str(out), *FAST],
@@ -294,7 +294,7 @@ def _alive(pid: int) -> bool:
 
 def _build_supports_gpu() -> bool:
     out = subprocess.run([sys.executable, "-m", "bench.engine.worker", "--probe"], capture_output=True,
-                         text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), cwd=REPO)
+                         text=True, env=dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))), cwd=REPO)
     return bool(json.loads(out.stdout).get("supports_gpu_offload"))
 
 

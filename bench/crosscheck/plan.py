@@ -193,7 +193,8 @@ class _GgufRenderer:
                 f"{config_id}: the run's records lack the rendered prompt and the model file "
                 f"({path}) is gone, so the prompt cannot be rebuilt; fetch it again (bench fetch {config_id})"
             )
-        from gguf import GGUFReader
+        from bench.ggufio import gguf_module
+        GGUFReader = gguf_module().GGUFReader
 
         from bench.engine.chat import ChatPrompter
 
