@@ -58,7 +58,7 @@ def gpu_ready() -> str | None:
     if memory.free_bytes is None:
         return f"no NVIDIA GPU through NVML ({memory.reason})"
     probe = subprocess.run([sys.executable, "-m", "bench.engine.worker", "--probe"], text=True, capture_output=True,
-                           env={**os.environ, "PYTHONPATH": str(ROOT)})
+                           env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)})
     try:
         facts = json.loads(probe.stdout.strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError):
