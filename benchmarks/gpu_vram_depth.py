@@ -132,8 +132,10 @@ def print_vram_table(rows: list[dict]) -> None:
               f"(range {min(implied) / MIB:.0f}-{max(implied) / MIB:.0f}); set BENCH_VRAM_OVERHEAD_MIB={mean / MIB:.0f} "
               "or bench.vram.DEFAULT_OVERHEAD_MIB to calibrate.")
         refit = [100 * (r["predicted"] - r["pred_overhead"] + mean - r["measured"]) / r["measured"]
-                 for r in rows if r.get("implied_overhead") is not None and r["predicted"] and r["measured"]]
-        print("errors with that overhead: " + ", ".join(f"{e:+.1f}%" for e in refit))
+                 for r in rows if r.get("implied_overhead") is not None and r.get("pred_overhead") is not None
+                 and r["predicted"] and r["measured"]]
+        if refit:  # a record without the prediction's parts cannot be refitted (and must not stop the table)
+            print("errors with that overhead: " + ", ".join(f"{e:+.1f}%" for e in refit))
 
 
 def main(argv: list[str] | None = None) -> int:
