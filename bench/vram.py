@@ -46,7 +46,9 @@ CUDA_TENSOR_ALIGN = 128
 # CUDA context + cuBLAS workspace + kernel images, as NVML counts them for the process. The
 # default is a first guess for a CUDA 12 build on a data-centre card; benchmarks/gpu_vram_depth.py
 # prints the value that fits the host it runs on.
-DEFAULT_OVERHEAD_MIB = 450
+# CUDA context, cuBLAS and kernels as NVML counts them: 602-612 MiB implied on an H200 (driver 580,
+# CUDA 13) for three twins (benchmarks/RESULTS.md); other cards and drivers differ: set the variable.
+DEFAULT_OVERHEAD_MIB = 606
 OVERHEAD_ENV_VAR = "BENCH_VRAM_OVERHEAD_MIB"
 # Headroom check_fit keeps free beyond the prediction: its error and whatever else starts meanwhile.
 FIT_MARGIN_FRACTION = 0.05
@@ -517,7 +519,7 @@ def layer_kv_bytes(geometry: ModelGeometry, il: int, n_ctx: int, k_type: KvType,
 
 
 def compute_bytes(geometry: ModelGeometry, n_ctx: int, n_ubatch: int = DEFAULT_N_UBATCH,
-                  flash_attn: bool = True, output_on_device: bool = True) -> int:
+                  flash_attn: bool = True, output_on_device: bool = True, backend: str = "cpu") -> int:
     """The compute buffer: n_ubatch x the largest per-token working set of one graph stage.
 
     Per token, in bytes (f32 activations), fitted to llama.cpp's "compute buffer size" on the CPU
@@ -527,10 +529,14 @@ def compute_bytes(geometry: ModelGeometry, n_ctx: int, n_ubatch: int = DEFAULT_N
     - attention with flash attention: 4 (4 n_embd_q + 2 n_embd_kv) + 2 n_kv_cells
     - attention without: 4 (5 n_embd_q + 2 n_embd_kv) + (4 n_head + 4) n_kv_cells (the f32 scores
       of every head against every cached token, plus the mask).
+    On CUDA (`backend="cuda"`) the output stage holds two logits-sized f32 buffers: llama.cpp's CUDA
+    compute buffers measured on an H200 (llama3.2:1b, qwen2.5:1.5b, gemma3:1b twins, n_ubatch 512:
+    505, 597 and 1,027 MiB) are 2 x n_ubatch x n_vocab x 4 bytes to within 4 MiB.
     """
     cells = pad_cells(n_ctx)
     n_kv = max(geometry.n_embd_k_gqa) if geometry.n_embd_k_gqa else geometry.n_embd
-    output = 4 * geometry.n_vocab + 8 * geometry.n_embd if output_on_device else 0
+    logits_factor = 8 if backend == "cuda" else 4
+    output = logits_factor * geometry.n_vocab + 8 * geometry.n_embd if output_on_device else 0
     ffn = 16 * geometry.n_ff + 2 * cells
     if flash_attn:
         attention = 4 * (4 * geometry.n_embd_q + 2 * n_kv) + 2 * cells
@@ -574,7 +580,7 @@ class VramPrediction:
 def predict_vram(gguf_path_or_entry, n_ctx: int, kv_type: str = "f16", n_gpu_layers: int = -1,
                  n_parallel: int = 1, *, flash_attn: bool = True, n_ubatch: int = DEFAULT_N_UBATCH,
                  swa_full: bool = True, kv_type_v: str | None = None,
-                 overhead: int | None = None) -> VramPrediction:
+                 overhead: int | None = None, backend: str = "cuda") -> VramPrediction:
     """Predict the GPU memory of a model loaded with `n_gpu_layers` and a context of `n_ctx`.
 
     `gguf_path_or_entry`: a GGUF path (or the list of a split file's parts), a manifest entry
@@ -602,7 +608,8 @@ def predict_vram(gguf_path_or_entry, n_ctx: int, kv_type: str = "f16", n_gpu_lay
     weights = sum(w for w, g in zip(geometry.layer_bytes, on_gpu) if g)
     weights += geometry.output_bytes if output_on_gpu else 0
     kv_bytes = sum(kv for kv, g in zip(layer_kv, on_gpu) if g)
-    compute = compute_bytes(geometry, kv_cells(n_ctx, n_parallel), n_ubatch, flash_attn, output_on_gpu) if n_gpu else 0
+    compute = compute_bytes(geometry, kv_cells(n_ctx, n_parallel), n_ubatch, flash_attn, output_on_gpu,
+                            backend=backend) if n_gpu else 0
     extra = (overhead_bytes() if overhead is None else int(overhead)) if n_gpu else 0
     host = geometry.input_bytes + sum(w for w, g in zip(geometry.layer_bytes, on_gpu) if not g)
     host += 0 if output_on_gpu else geometry.output_bytes

@@ -94,7 +94,7 @@ def _llama_buffers(path: Path, n_ctx: int, flash_attn: bool, n_ubatch: int = 512
 @pytest.mark.parametrize("n_ctx,flash_attn", [(512, True), (4096, True), (4096, False)])
 def test_kv_and_compute_agree_with_llama_cpps_own_buffers_on_the_cpu(tiny, n_ctx, flash_attn):
     measured = _llama_buffers(tiny, n_ctx, flash_attn)
-    p = vram.predict_vram(tiny, n_ctx, flash_attn=flash_attn, overhead=0)
+    p = vram.predict_vram(tiny, n_ctx, flash_attn=flash_attn, overhead=0, backend="cpu")
     assert p.kv_bytes / MIB == pytest.approx(measured["KV"], abs=0.01)
     assert p.compute_bytes / MIB == pytest.approx(measured["compute"], rel=0.10)
 
@@ -104,7 +104,7 @@ def test_kv_and_compute_agree_with_llama_cpps_own_buffers_on_the_cpu(tiny, n_ctx
 def test_a_real_gqa_model_agrees_with_llama_cpp(n_ctx, flash_attn):
     path = smollm2_path()
     measured = _llama_buffers(path, n_ctx, flash_attn)
-    p = vram.predict_vram(path, n_ctx, flash_attn=flash_attn, overhead=0)
+    p = vram.predict_vram(path, n_ctx, flash_attn=flash_attn, overhead=0, backend="cpu")
     assert p.kv_bytes / MIB == pytest.approx(measured["KV"], abs=0.01)
     assert p.compute_bytes / MIB == pytest.approx(measured["compute"], rel=0.10)
 
@@ -359,3 +359,17 @@ def test_the_report_shows_prediction_against_measurement_and_spills(tmp_path):
     assert table.rows[0][1].text == "2.00" and table.rows[0][3].text == "-1.9"
     assert "KV 100" in table.rows[0][4].text and table.rows[1][3].flag == "warn"
     assert any(isinstance(b, Note) and "20/33 layers" in b.text for b in section.blocks)
+
+
+# llama.cpp's CUDA compute buffers as it printed them on an H200 (benchmarks/RESULTS.md, 2026-11-28):
+# twins of these manifest models, n_ctx 768, n_ubatch 512, flash attention on.
+H200_CUDA_COMPUTE_MIB = {"llama3.2:1b-q4_K_M": 505, "qwen2.5:1.5b-q8_0": 597, "gemma3:1b-q4_K_M": 1027}
+
+
+@pytest.mark.parametrize("model_id", sorted(H200_CUDA_COMPUTE_MIB))
+def test_cuda_compute_buffer_matches_what_llama_cpp_allocated_on_an_h200(model_id):
+    from bench.manifest import load_manifest
+
+    entry = load_manifest().get(model_id)
+    p = vram.predict_vram(entry, 768, overhead=0)
+    assert p.compute_bytes / MIB == pytest.approx(H200_CUDA_COMPUTE_MIB[model_id], rel=0.02)
