@@ -227,7 +227,7 @@ def read_output_lines(path: Path) -> tuple[list[tuple[str, Any]], list[BadRow]]:
             if not raw.strip():
                 continue
             try:
-                row = json.loads(raw)
+                row = json.loads(raw.decode("utf-8"))
             except UnicodeDecodeError:
                 bad.append(BadRow(f"line {lineno}", "not UTF-8"))
                 continue

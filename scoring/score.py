@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from scoring.metrics import METRICS
-from scoring.metrics.errors import ScoringError
+from scoring.metrics.errors import ScoringInputError
 from scoring.metrics.facts import fact_coverage, unsupported_numbers
 from scoring.metrics.jsonout import json_metrics
 from scoring.metrics.nli import NliScorer, nli_figures
@@ -45,13 +45,10 @@ __all__ = ["ScoringInputError", "check_row", "score_output", "score_many", "aggr
 
 MAX_SCORED_WORDS = 2000  # 5x the strong level's 400-word ceiling
 MAX_NLI_SENTENCES = 64  # the strong level has at most ~25
-_WORD_SPAN = re.compile(r"\S*[^\W_]\S*")
+_TOKEN_SPAN = re.compile(r"\S+")
+_WORD_CHAR = re.compile(r"[^\W_]")
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
-
-
-class ScoringInputError(ScoringError):
-    """A row cannot be scored: a field is missing, or the item or variant is unknown to the suite."""
 
 
 @dataclass
@@ -70,9 +67,13 @@ def _empty_metrics() -> dict[str, Any]:
 
 
 def _prefix_words(text: str, limit: int) -> tuple[str, bool]:
-    for i, match in enumerate(_WORD_SPAN.finditer(text)):
-        if i == limit:
-            return text[: match.start()], True
+    """The text up to its `limit`-th word (words as scoring.metrics.text.words), and whether it was cut."""
+    seen = 0
+    for match in _TOKEN_SPAN.finditer(text):
+        if _WORD_CHAR.search(match.group()):
+            if seen == limit:
+                return text[: match.start()], True
+            seen += 1
     return text, False
 
 
@@ -89,7 +90,7 @@ def _string_values(value: Any) -> list[str]:
 def check_row(row: Mapping[str, Any], suite: Suite) -> None:
     """Raise ScoringInputError unless the row has a string output, a known item and a known variant."""
     if not isinstance(row, Mapping):
-        raise ScoringInputError(f"a row is a JSON object, not {type(row).__name__}")
+        raise ScoringInputError(f"a row must be a JSON object, not {type(row).__name__}")
     missing = [name for name in ("item_id", "variant", "output") if name not in row]
     if missing:
         raise ScoringInputError(f"missing field{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
@@ -197,6 +198,8 @@ def _add_nli(prepared: list[_Prepared], nli: NliScorer, progress: Progress | Non
 
 def _add_similarity(prepared: list[_Prepared], embedder: Embedder, progress: Progress | None) -> None:
     judged = [p for p in prepared if p.text.strip()]  # an empty text has no meaning to compare
+    if progress:
+        progress("embed", 0, len(prepared))
     sims = embedder.cosine([p.text for p in judged], [p.reference for p in judged])
     for p, sim in zip(judged, sims):
         p.metrics["semantic_sim"] = sim

@@ -1,14 +1,35 @@
 import pytest
 
+from scoring import tasks
+from scoring.metrics import text as ours
 from scoring.metrics.text import is_english, is_refusal, length_ok, repetition_rate, split_sentences
 from scoring.tasks import count_sentences, load_suite
 
+TRICKY = [
+    "It holds 1.7 litres. It costs 89 USD.",
+    "Presets, e.g. 70 °C, suit tea. Nice!",
+    "Dr. Smith met J. Doe at 5 p.m. Then they left… \"Great!\" she said.",
+    "**Title**\n\n- bullet one\n- bullet two\n\n  \n\nLast para, etc. And more",
+    "— * — _ _",
+    "snake_case_word and word_ plus ___",
+    "",
+]
 
-def test_split_sentences_agrees_with_the_suite_counter_on_every_reference():
+
+def test_counts_agree_with_the_suite_on_every_reference_and_tricky_text():
     suite = load_suite()
-    for item in suite.items.values():
-        for text in item.references.values():
-            assert len(split_sentences(text)) == count_sentences(text), item.id
+    texts = [t for item in suite.items.values() for t in item.references.values()] + TRICKY
+    for text in texts:
+        assert ours.count_words(text) == tasks.count_words(text), text[:40]
+        assert ours.count_sentences(text) == tasks.count_sentences(text), text[:40]
+        assert ours.count_paragraphs(text) == tasks.count_paragraphs(text), text[:40]
+
+
+def test_counting_is_linear_on_long_unspaced_output():
+    # The backtracking pattern \S*[^\W_]\S* would take hours on this.
+    blob = "[" * 300_000
+    assert ours.count_words(blob) == 0 and ours.count_sentences(blob) == 0 and ours.count_paragraphs(blob) == 0
+    assert ours.count_words(blob + " a") == 1
 
 
 @pytest.mark.parametrize(

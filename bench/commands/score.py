@@ -60,7 +60,7 @@ QUALITY_COLUMNS = (
 )
 JSON_COLUMNS = (
     ("json_parse_strict", "Parse strict"), ("json_parse_lenient", "Parse lenient"), ("schema_ok", "Schema ok"),
-    ("field_completeness", "Field completeness"), ("extraneous", "Extraneous"), ("key_accuracy", "Key accuracy"),
+    ("field_completeness", "Fields complete"), ("extraneous", "Extraneous"), ("key_accuracy", "Key accuracy"),
 )
 _UNIT_LABEL = {"fraction": "0–1", "%": "%", "count": "count", "words": "words"}
 
@@ -70,29 +70,28 @@ def _cell(row: dict, name: str, unit: str) -> str:
     if value is None:
         return "—"
     if unit == "%":
-        return f"{value:.1f}% ({round(value * n / 100)}/{n})"
+        return f"{value:.1f}%\n{round(value * n / 100)}/{n}"
     sd = row.get(f"{name}_sd")
     digits = 1 if unit in ("count", "words") else 3
-    return f"{value:.{digits}f}" + (f" ±{sd:.{digits}f}" if sd is not None else "")
+    return f"{value:.{digits}f}" + (f"\n±{sd:.{digits}f}" if sd is not None else "")
 
 
 def aggregate_table(rows: list[dict], columns, title: str):
+    """Metrics down, variants across: six variants fit a terminal, sixteen metrics would not."""
     from rich.table import Table
 
     from scoring.metrics import METRICS
 
-    table = Table(title=title, title_justify="left")
-    table.add_column("Variant")
-    table.add_column("n", justify="right")
+    table = Table(title=title, title_justify="left", show_lines=True)
+    table.add_column("Metric\nunit, better", no_wrap=True)
+    for row in rows:
+        level, _, fmt = str(row.get("variant")).partition("_")
+        table.add_column(f"{level}\n{fmt}\nn={row['n']}", justify="right", no_wrap=True)
     for name, header in columns:
         info = METRICS[name]
-        arrow = {"higher": " ↑", "lower": " ↓"}.get(info.direction, "")
-        table.add_column(f"{header} ({_UNIT_LABEL.get(info.aggregate_unit, info.aggregate_unit)}){arrow}", justify="right")
-    for row in rows:
-        table.add_row(
-            str(row.get("variant")), str(row["n"]),
-            *(_cell(row, name, METRICS[name].aggregate_unit) for name, _ in columns),
-        )
+        unit = _UNIT_LABEL.get(info.aggregate_unit, info.aggregate_unit)
+        better = {"higher": " ↑", "lower": " ↓"}.get(info.direction, "")
+        table.add_row(f"{header}\n{unit}{better}", *(_cell(row, name, info.aggregate_unit) for row in rows))
     return table
 
 
@@ -104,7 +103,7 @@ def print_summary(summary, console) -> None:
             console.print(aggregate_table(json_rows, JSON_COLUMNS, "JSON reliability per variant"))
     notes = [
         f"scored {summary.n_scored} outputs in {summary.elapsed_s:.1f} s -> {summary.output_path}",
-        "cells: mean ±sd over the variant's outputs (sample sd); %: share of outputs, k/n; ↑/↓: better",
+        "cells: mean and ±sample sd over the variant's n outputs; %: share of outputs, k/n; ↑/↓: higher/lower is better",
         f"NLI model: {summary.nli_model or 'not computed'}; embedder: {summary.embedder or 'not computed'}",
     ]
     if summary.n_twins_skipped:

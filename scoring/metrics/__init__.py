@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from scoring.metrics.errors import LabelMappingError, ModelLoadError, ScoringError
+from scoring.metrics.errors import LabelMappingError, ModelLoadError, ScoringError, ScoringInputError
 
-__all__ = ["MetricInfo", "METRICS", "JSON_METRICS", "ModelLoadError", "LabelMappingError", "ScoringError"]
+__all__ = [
+    "MetricInfo", "METRICS", "JSON_METRICS", "ModelLoadError", "LabelMappingError", "ScoringError", "ScoringInputError",
+]
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,10 @@ class ScoringError(Exception):
     """Scoring could not proceed as asked."""
 
 
+class ScoringInputError(ScoringError):
+    """A row cannot be scored: a field is missing, or the item or variant is unknown to the suite."""
+
+
 class ModelLoadError(ScoringError):
     """A model a metric needs (NLI cross-encoder, sentence embedder) could not be loaded."""
 

@@ -109,6 +109,8 @@ class NliScorer:
         order = sorted(range(len(unique)), key=lambda i: len(encoded["input_ids"][i]))
         results: dict[tuple[str, str], NliProbs] = {}
         done = 0
+        if progress:
+            progress(0, len(unique))
         with torch.inference_mode():
             for start in range(0, len(order), self.batch_size):
                 chunk = order[start : start + self.batch_size]
@@ -143,7 +145,8 @@ def _load(name: str, device: str, allow_download: bool):
         raise ModelLoadError(
             f"NLI model {name!r} could not be loaded{hint}: {_first_line(exc)} — download it where there "
             "is network (huggingface-cli download cross-encoder/nli-deberta-v3-xsmall --local-dir DIR) "
-            "and pass --nli-model DIR, or pass --no-nli"
+            "and pass --nli-model DIR (or set BENCH_NLI_MODEL=DIR), or pass --no-nli; HF_HUB_OFFLINE=1 skips the "
+            "download attempt"
         ) from exc
     model.eval().to(device)
     return tokenizer, model
