@@ -173,7 +173,23 @@ def _from_pretrained(cls, source: str, allow_download: bool):
     except OSError:
         if Path(source).exists() or not allow_download:
             raise
+        _hub_reachable_or_raise()
         return cls.from_pretrained(source)
+
+
+def _hub_reachable_or_raise() -> None:
+    """Fail at once where the hub's host does not even resolve: huggingface_hub would otherwise
+    retry with back-off for about 25 s per file before giving up (seen on offline machines)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname or ""
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError as exc:
+        raise OSError(f"cannot reach the model hub ({host}: {exc.strerror or exc})") from exc
 
 
 def _first_line(exc: BaseException) -> str:
