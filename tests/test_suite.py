@@ -333,3 +333,9 @@ def test_json_text_handles_bad_shapes():
     assert json_text("mid", {"description": 3}) is None
     assert json_text("strong", {"paragraphs": "one string"}) is None
     assert json_text("strong", {"paragraphs": [" a ", "b"]}) == "a\n\nb"
+
+
+def test_word_count_of_a_long_run_without_letters():
+    # A 60,000-character run with no letter or digit once took minutes (a backtracking pattern).
+    assert count_words("[" * 60000) == 0
+    assert count_words("[" * 60000 + " word") == 1

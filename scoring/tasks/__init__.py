@@ -344,7 +344,9 @@ def _render_user(prompts: _Prompts, variant: str, item: Item, spec: LevelSpec, s
 
 # A word is a whitespace-separated token with at least one letter or digit, so stray
 # punctuation ("—", "-", "*") and markdown bullets don't count.
-_WORD = re.compile(r"\S*[^\W_]\S*")
+# A word: a whitespace-separated token holding a letter or digit. Tested token by token rather than
+# with one \S*[^\W_]\S* pattern, which backtracks quadratically on long runs without one.
+_WORD_CHAR = re.compile(r"[^\W_]")
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
 # Candidate sentence end: terminal punctuation, optional closing quotes/brackets/markdown,
 # then whitespace. A decimal point ("1.7") is never followed by whitespace, so it is
@@ -360,7 +362,7 @@ _NUMBER = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?")
 
 
 def count_words(text: str) -> int:
-    return len(_WORD.findall(text or ""))
+    return sum(1 for token in (text or "").split() if _WORD_CHAR.search(token))
 
 
 def count_paragraphs(text: str) -> int:
