@@ -1,14 +1,14 @@
 """Text-level checks: words, sentences, length band, repetition, refusal, language.
 
-Words, sentences and paragraphs follow `scoring.tasks`' rules (the references are checked with
-those), and tests hold the two equal. They are re-implemented here in linear time: a model's
-output can be a megabyte without a single space, where a backtracking word pattern (a
-non-space run around a letter) takes quadratic time.
+Words, sentences and paragraphs are `scoring.tasks`' own (the references are checked with the same
+rules); they run in linear time, since a model's output can be a megabyte without a single space.
 """
 
 from __future__ import annotations
 
 import re
+
+from scoring.tasks import count_paragraphs, count_sentences, count_words, split_sentences
 
 __all__ = [
     "split_sentences",
@@ -23,72 +23,10 @@ __all__ = [
 ]
 
 _WORD_CHAR = re.compile(r"[^\W_]")  # a word is a whitespace-separated token with a letter or digit
-_PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
-_SENTENCE_END = re.compile(r"[.!?…]+[\"'”’)\]*_]*(?=\s)")
-_ABBREVIATIONS = frozenset("e.g i.e eg ie vs cf approx dr mr mrs ms prof st mt jr sr fig nos vol ca".split())
-_SOFT_ABBREVIATIONS = frozenset("etc inc ltd co corp no a.m p.m".split())
 
 
 def words(text: str) -> list[str]:
     return [token for token in (text or "").split() if _WORD_CHAR.search(token)]
-
-
-def _has_word(text: str) -> bool:
-    return _WORD_CHAR.search(text) is not None
-
-
-def count_words(text: str) -> int:
-    return len(words(text))
-
-
-def count_sentences(text: str) -> int:
-    return len(split_sentences(text))
-
-
-def count_paragraphs(text: str) -> int:
-    """Blocks of text separated by blank lines that hold at least one word."""
-    return sum(_has_word(p) for p in _PARAGRAPH_BREAK.split(text or ""))
-
-
-def split_sentences(text: str) -> list[str]:
-    """The sentences `scoring.tasks.count_sentences` counts, as strings (same rules, tested equal).
-
-    A blank line or a line break ends a sentence; decimals ("1.7") and abbreviations ("e.g.")
-    do not.
-    """
-    sentences: list[str] = []
-    for paragraph in _PARAGRAPH_BREAK.split(text or ""):
-        for line in paragraph.splitlines():
-            start = 0
-            for match in _SENTENCE_END.finditer(line):
-                if not _is_boundary(line, match):
-                    continue
-                piece = line[start : match.end()].strip()
-                if _has_word(piece):
-                    sentences.append(piece)
-                start = match.end()
-            tail = line[start:].strip()
-            if _has_word(tail):
-                sentences.append(tail)
-    return sentences
-
-
-def _is_boundary(line: str, match: re.Match) -> bool:
-    following = line[match.end() :].lstrip()
-    next_char = following[:1]
-    if next_char.islower():
-        return False
-    if line[match.start()] != ".":
-        return True
-    token = line[: match.start()].split()[-1:] or [""]
-    word = token[0].lstrip("(\"'“‘*_").lower()
-    if word in _ABBREVIATIONS:
-        return False
-    if word in _SOFT_ABBREVIATIONS:
-        return next_char.isupper() or not next_char
-    if len(word) == 1 and word.isalpha() and token[0][-1:].isupper():
-        return False
-    return True
 
 
 def length_ok(n_words: int, min_words: int, max_words: int) -> bool:

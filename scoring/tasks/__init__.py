@@ -404,6 +404,18 @@ def _line_sentences(line: str) -> list[str]:
     return [piece for piece in pieces if count_words(piece)]
 
 
+def _token_before(line: str, end: int) -> str:
+    """The last whitespace-separated token of line[:end], found by walking back (no copy of the
+    line per candidate boundary, which made megabyte outputs quadratic)."""
+    i = end
+    while i > 0 and line[i - 1].isspace():
+        i -= 1
+    j = i
+    while j > 0 and not line[j - 1].isspace():
+        j -= 1
+    return line[j:i]
+
+
 def _is_boundary(line: str, match: re.Match) -> bool:
     following = line[match.end() :].lstrip()
     next_char = following[:1]
@@ -411,14 +423,14 @@ def _is_boundary(line: str, match: re.Match) -> bool:
         return False  # "approx. five", "vs. the": sentences start with a capital
     if not line[match.start()] == ".":
         return True  # "!" or "?"
-    token = line[: match.start()].split()[-1:] or [""]
-    word = token[0].lstrip("(\"'“‘*_").lower()
+    token = _token_before(line, match.start())
+    word = token.lstrip("(\"'“‘*_").lower()
     if word in _ABBREVIATIONS:
         return False
     if word in _SOFT_ABBREVIATIONS:
         return next_char.isupper() or not next_char
     # A single capital letter is an initial ("J. Smith"), not a sentence.
-    if len(word) == 1 and word.isalpha() and token[0][-1:].isupper():
+    if len(word) == 1 and word.isalpha() and token[-1:].isupper():
         return False
     return True
 
