@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from bench.engine.childexit import exit_text, one_line, signal_name
 from bench import records
 from bench.errors import EngineError
 from bench.rundir import RunDir
@@ -277,7 +278,7 @@ class Orchestrator:
             record = self._failed(plan, "fetch", t_start, error="interrupted (Ctrl-C) while fetching")
             return ConfigOutcome(record, interrupted=True)
         except Exception as exc:  # noqa: BLE001 - FetchError, ChecksumError, or anything unforeseen
-            record = self._failed(plan, "fetch", t_start, error=_one_line(exc))
+            record = self._failed(plan, "fetch", t_start, error=one_line(exc))
             return ConfigOutcome(record)
         if self.on_config_resolved is not None:
             self.on_config_resolved(plan)
@@ -459,10 +460,10 @@ class Orchestrator:
         state = state or _ChildState()
         record = self._base_record(plan, "failed", stage, state, t_start)
         if rc is not None and rc < 0:
-            record.signal = _signal_name(-rc)
+            record.signal = signal_name(-rc)
         elif rc is not None:
             record.exit_code = rc
-        record.error = error or state.error or _exit_text(rc)
+        record.error = error or state.error or exit_text(rc, "worker")
         # Log first, so the tail attached to the record ends with why it failed.
         self._log(f"[{plan.config_id}] failed during {stage}: {record.error}")
         record.last_log_lines = self._log.tail(plan.config_id, LAST_LOG_LINES)
@@ -556,23 +557,10 @@ class _ChildState:
             self.stage = event.get("stage") or self.stage
 
 
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
 
 
-def _exit_text(rc: int | None) -> str:
-    if rc is None:
-        return "the worker did not run"
-    if rc < 0:
-        return f"the worker died of {_signal_name(-rc)}"
-    return f"the worker exited with code {rc} without saying why"
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _int_env(name: str) -> int | None:

@@ -41,6 +41,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from bench.engine.childexit import one_line
 from bench import records
 from bench.errors import BenchError
 from bench.rundir import RunDir
@@ -265,7 +266,7 @@ def connect(address: str, n_local_cpus: int | None = None) -> dict:
         try:
             ray.init(address=target, **kwargs)
         except Exception as exc:  # noqa: BLE001 - ConnectionError, RuntimeError, … one line each
-            raise BenchError(f"--ray {target}: could not reach the Ray cluster: {_one_line(exc)}") from None
+            raise BenchError(f"--ray {target}: could not reach the Ray cluster: {one_line(exc)}") from None
     resources = ray.cluster_resources()
     nodes = [n.get("NodeManagerHostname") for n in ray.nodes() if n.get("Alive")]
     return {"address": target, "resources": {k: v for k, v in resources.items() if k in ("CPU", "GPU", "memory")},
@@ -354,7 +355,7 @@ class RayRunner:
         # Ray queues the tasks on the cluster; one driver thread per task in flight drains it.
         n = max(1, min(len(plans), self.max_in_flight))
         pool = SlotPool(slots=list(range(n)), run_job=lambda job, slots: self._drive(job.payload),
-                        on_error=lambda job, slots, exc: self._failed(job.payload, "child", _one_line(exc), []),
+                        on_error=lambda job, slots, exc: self._failed(job.payload, "child", one_line(exc), []),
                         interrupt=self._cancel_all, is_interrupt=lambda outcome: outcome.interrupted,
                         on_end=lambda job, slots, outcome: self.display.config_end(outcome.record))
         self.display.run_start(len(plans))
@@ -438,7 +439,7 @@ class RayRunner:
             except ray.exceptions.RayTaskError as exc:  # an error inside the task: this config's failure
                 return ConfigOutcome(self._failed(plan, "child", _task_error_text(exc), lost, t_start, state))
             except (ray.exceptions.RayError, _Lost) as exc:  # the worker (process or node) was lost
-                what = f"{type(exc).__name__}: {_one_line(exc)}"
+                what = f"{type(exc).__name__}: {one_line(exc)}"
                 lost.append({"attempt": attempt, "host": state.host, "n_requests": state.n_requests, "error": what})
                 again = "retrying once" if attempt + 1 < MAX_ATTEMPTS else "not retried again"
                 self.run.log(f"[{config_id}] Ray worker lost on {state.host or 'an unknown host'} after "
@@ -586,8 +587,5 @@ def _task_error_text(exc: BaseException) -> str:
     if isinstance(cause, BaseException):
         text = " ".join(str(cause).split()) or type(cause).__name__
         return text if "BenchError" in {c.__name__ for c in type(cause).__mro__} else f"{type(cause).__name__}: {text}"
-    return _one_line(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return one_line(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__

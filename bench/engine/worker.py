@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.engine.childexit import one_line_typed
 from bench import records
 from bench.rundir import RunDir, append_jsonl
 
@@ -350,7 +351,7 @@ def run(spec: WorkerSpec) -> int:
         log(f"done: {len(work)} requests")
         return 0
     except BaseException as exc:  # noqa: BLE001 - every failure becomes an event and exit code 1
-        message = _one_line(exc)
+        message = one_line_typed(exc)
         log(f"failed during {stage.name}: {message}")
         if not isinstance(exc, (KeyboardInterrupt, SystemExit)) and "BenchError" not in _mro_names(exc):
             for line in traceback.format_exc().splitlines()[-8:]:
@@ -367,10 +368,6 @@ def run(spec: WorkerSpec) -> int:
 def _mro_names(exc: BaseException) -> set[str]:
     return {cls.__name__ for cls in type(exc).__mro__}
 
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if "BenchError" in _mro_names(exc) else f"{type(exc).__name__}: {text}"
 
 
 def _vram_guard(spec: WorkerSpec, log):
@@ -527,7 +524,7 @@ def probe() -> dict:
     try:
         import llama_cpp
     except Exception as exc:  # noqa: BLE001
-        facts["error"] = _one_line(exc)
+        facts["error"] = one_line_typed(exc)
         return facts
     facts["importable"] = True
     facts["version"] = getattr(llama_cpp, "__version__", None)

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.engine.childexit import one_line_typed
 from bench import records
 from bench.engine.worker import Events, RunLog, append_jsonl_many
 from bench.rundir import RunDir, append_jsonl
@@ -213,7 +214,7 @@ def run(spec: BlockSpec) -> int:
         events.send("done", n_measured=len(spec.depths))
         return 0
     except BaseException as exc:  # noqa: BLE001 - every failure becomes an event and exit code 1
-        message = _one_line(exc)
+        message = one_line_typed(exc)
         log(f"failed during {stage}: {message}")
         if "BenchError" not in {c.__name__ for c in type(exc).__mro__} and not isinstance(exc, KeyboardInterrupt):
             for line in traceback.format_exc().splitlines()[-8:]:
@@ -284,9 +285,6 @@ def _start_sampler(spec: BlockSpec, run_dir: RunDir):
     return sampler
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if "BenchError" in {c.__name__ for c in type(exc).__mro__} else f"{type(exc).__name__}: {text}"
 
 
 def main(argv: list[str]) -> int:

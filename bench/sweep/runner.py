@@ -20,6 +20,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
+from bench.engine.childexit import exit_text, one_line, signal_name
 from bench import records
 from bench.rundir import RunDir, append_jsonl
 from bench.sweep.child import BlockSpec
@@ -146,7 +147,7 @@ class SweepRunner:
         except KeyboardInterrupt:
             return self._failed(block, "fetch", t_start, "interrupted (Ctrl-C) while fetching"), True
         except Exception as exc:  # noqa: BLE001 - FetchError, ChecksumError, anything unforeseen
-            return self._failed(block, "fetch", t_start, _one_line(exc)), False
+            return self._failed(block, "fetch", t_start, one_line(exc)), False
 
         n_ctx = context_size(list(block.depths), self.options.n_prompt, self.options.n_gen)
         n_gpu_layers = int(settings["n_gpu_layers"]) if self.on_gpu else 0
@@ -237,7 +238,7 @@ class SweepRunner:
             if vram_info.get("spill"):
                 self.display.note(f"{spec.config_id}: spill: {vram_info['spill']}")
             return record, False
-        error = "interrupted (Ctrl-C)" if interrupted else (state.error or _exit_text(rc))
+        error = "interrupted (Ctrl-C)" if interrupted else (state.error or exit_text(rc, "sweep child"))
         record = self._failed(block, state.stage or "child", t_start, error, rc=rc, resolved=resolved,
                               n_gpu_layers=n_gpu_layers, loaded=loaded, measured=set(state.measured),
                               extra={**vram_info, **spec.extra}, interrupted=interrupted)
@@ -276,7 +277,7 @@ class SweepRunner:
         record = self._config_record(block, "failed", stage, t_start, resolved, n_gpu_layers, loaded or {})
         record.error = error
         if rc is not None and rc < 0:
-            record.signal = _signal_name(-rc)
+            record.signal = signal_name(-rc)
         elif rc is not None:
             record.exit_code = rc
         record.extra.update(extra or {})
@@ -361,20 +362,6 @@ def _log_tail(run: RunDir, config_id: str, n: int) -> list[str]:
     return [line for line in lines if tag in line][-n:]
 
 
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
 
 
-def _exit_text(rc: int | None) -> str:
-    if rc is None:
-        return "the sweep child did not run"
-    if rc < 0:
-        return f"the sweep child died of {_signal_name(-rc)}"
-    return f"the sweep child exited with code {rc} without saying why"
 
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
