@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from bench import records
 from bench.engine.orchestrator import Display
+from bench.engine.progress import failure_line
 from bench.engine.stats import percentile
 
 _STAGE_TEXT = {"load": "loading", "warmup": "warm-up", "generate": "generating", "unload": "unloading"}
@@ -61,9 +62,7 @@ class PoolDisplay(Display):
         if self._configs is not None:
             self._progress.advance(self._configs)
         if record.status != "ok":
-            why = record.error or "unknown error"
-            where = f"exit code {record.exit_code}" if record.exit_code is not None else (record.signal or "")
-            self.note(f"[red]{escape(record.config_id)}: failed during {record.stage}[/red] ({where}): {escape(why)}")
+            self.note(failure_line(record))
 
     def note(self, text: str) -> None:
         self._progress.console.print(text, highlight=False)

@@ -11,6 +11,7 @@ from collections import defaultdict
 from typing import Iterable
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -79,9 +80,7 @@ class RichDisplay(Display):
         if self._configs is not None:
             self._progress.advance(self._configs)
         if record.status != "ok":
-            why = record.error or "unknown error"
-            where = f"exit code {record.exit_code}" if record.exit_code is not None else (record.signal or "")
-            self.note(f"[red]{record.config_id}: failed during {record.stage}[/red] ({where}): {why}")
+            self.note(failure_line(record))
 
     def note(self, text: str) -> None:
         self._progress.console.print(text, highlight=False)
@@ -91,6 +90,14 @@ class RichDisplay(Display):
 
     def stop(self) -> None:
         self._progress.stop()
+
+
+def failure_line(record: records.ConfigRecord) -> str:
+    """One console line (rich markup) for a failed configuration; its texts escaped, since an
+    error message may hold [brackets] that rich would read as markup."""
+    why = record.error or "unknown error"
+    where = f"exit code {record.exit_code}" if record.exit_code is not None else (record.signal or "")
+    return f"[red]{escape(record.config_id)}: failed during {record.stage}[/red] ({where}): {escape(why)}"
 
 
 _STAGE_TEXT = {"load": "loading", "warmup": "warm-up", "generate": "generating", "unload": "unloading"}
