@@ -376,8 +376,7 @@ def _add_metadata(writer, arch: str, shape, model_id: str, tokens, types, merges
 def write_source_gguf(path: str | Path, model_id: str, arch: str, shape, *, seed: int = 0,
                       words: Iterable[str] | None = None, pool_values: int = RANDOM_POOL_VALUES) -> Path:
     """Write the unquantized (F16 matrices, F32 vectors) twin to `path`; returns the path."""
-    from bench.ggufio import gguf_module
-    gguf = gguf_module()
+    import gguf
 
     check_shape(arch, shape)
     arch = twin_arch(arch)
@@ -495,8 +494,7 @@ class TwinFile:
 
 def read_twin_marker(path: str | Path) -> dict | None:
     """The twin keys of a GGUF ({"twin": True, "twin_of": ..., ...}), or None for a real model."""
-    from bench.ggufio import gguf_module
-    gguf = gguf_module()
+    import gguf
 
     try:
         reader = gguf.GGUFReader(str(path), "r")

@@ -159,8 +159,7 @@ _INPUT_TENSORS = ("token_embd.weight", "token_embd_norm.weight", "token_embd_nor
 
 def _cuda_tensor_bytes(n_bytes: int, ne0: int, type_id: int) -> int:
     """A tensor's size in a CUDA buffer: quantized rows padded to 512 elements, then aligned."""
-    from bench.ggufio import gguf_module
-    gguf = gguf_module()
+    import gguf
 
     size = n_bytes
     try:
@@ -201,8 +200,7 @@ class GgufHeader:
 
 
 def _tensor_bytes(shape: Sequence[int], type_id: int) -> int:
-    from bench.ggufio import gguf_module
-    gguf = gguf_module()
+    import gguf
 
     try:
         block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(type_id)]

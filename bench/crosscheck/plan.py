@@ -193,8 +193,7 @@ class _GgufRenderer:
                 f"{config_id}: the run's records lack the rendered prompt and the model file "
                 f"({path}) is gone, so the prompt cannot be rebuilt; fetch it again (bench fetch {config_id})"
             )
-        from bench.ggufio import gguf_module
-        GGUFReader = gguf_module().GGUFReader
+        from gguf import GGUFReader
 
         from bench.engine.chat import ChatPrompter
 
