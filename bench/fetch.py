@@ -185,6 +185,16 @@ def _status(exc: BaseException) -> int | None:
     return getattr(response, "status_code", None)
 
 
+def cause_chain(exc: BaseException) -> list[BaseException]:
+    """`exc` and the exceptions behind it (__cause__, else __context__), each once."""
+    chain: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and cur not in chain:
+        chain.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    return chain
+
+
 def hub_error_text(exc: BaseException, entry, filename: str) -> str:
     """Turn a huggingface_hub / network failure into `<what> (<hint>)`."""
     hub = _hub()
@@ -192,11 +202,7 @@ def hub_error_text(exc: BaseException, entry, filename: str) -> str:
     where = f"{entry.hf_repo}/{filename}"
     endpoint = hub.constants.ENDPOINT
     # The cause chain holds the original HTTP/network error behind LocalEntryNotFoundError.
-    chain: list[BaseException] = []
-    cur: BaseException | None = exc
-    while cur is not None and cur not in chain:
-        chain.append(cur)
-        cur = cur.__cause__ or cur.__context__
+    chain = cause_chain(exc)
 
     def find(kind):
         return next((e for e in chain if isinstance(e, kind)), None)

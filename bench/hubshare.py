@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bench.archive import SUFFIXES, ArchiveError, export_run, import_archive
 from bench.errors import BenchError
-from bench.fetch import scrub
+from bench.fetch import cause_chain, scrub
 
 RUNS_FOLDER = "runs"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -62,11 +62,7 @@ def hub_error(exc: BaseException, doing: str, repo_id: str) -> HubShareError:
     """A huggingface_hub / network failure as one line, without any token in it."""
     hub = _hub()
     errors = hub.errors
-    chain: list[BaseException] = []
-    cur: BaseException | None = exc
-    while cur is not None and cur not in chain:
-        chain.append(cur)
-        cur = cur.__cause__ or cur.__context__
+    chain = cause_chain(exc)
 
     def find(kind):
         return next((e for e in chain if isinstance(e, kind)), None)

@@ -10,10 +10,15 @@ def one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+def is_user_error(exc: BaseException) -> bool:
+    """A BenchError: already worded for users (by name, so a child need not import bench.errors)."""
+    return "BenchError" in {c.__name__ for c in type(exc).__mro__}
+
+
 def one_line_typed(exc: BaseException) -> str:
-    """As one_line, prefixed with the exception's type unless it is a BenchError (already worded for users)."""
+    """As one_line, prefixed with the exception's type unless it is a BenchError."""
     text = one_line(exc)
-    return text if "BenchError" in {c.__name__ for c in type(exc).__mro__} else f"{type(exc).__name__}: {text}"
+    return text if is_user_error(exc) else f"{type(exc).__name__}: {text}"
 
 
 def signal_name(number: int) -> str:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.engine.childexit import one_line_typed
+from bench.engine.childexit import is_user_error, one_line_typed
 from bench import records
 from bench.rundir import RunDir, append_jsonl
 
@@ -353,7 +353,7 @@ def run(spec: WorkerSpec) -> int:
     except BaseException as exc:  # noqa: BLE001 - every failure becomes an event and exit code 1
         message = one_line_typed(exc)
         log(f"failed during {stage.name}: {message}")
-        if not isinstance(exc, (KeyboardInterrupt, SystemExit)) and "BenchError" not in _mro_names(exc):
+        if not isinstance(exc, (KeyboardInterrupt, SystemExit)) and not is_user_error(exc):
             for line in traceback.format_exc().splitlines()[-8:]:
                 log(f"  {line}")
         events.send("error", stage=stage.name, error=message)
@@ -365,8 +365,6 @@ def run(spec: WorkerSpec) -> int:
         return 1
 
 
-def _mro_names(exc: BaseException) -> set[str]:
-    return {cls.__name__ for cls in type(exc).__mro__}
 
 
 

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.engine.childexit import one_line_typed
+from bench.engine.childexit import is_user_error, one_line_typed
 from bench import records
 from bench.engine.worker import Events, RunLog, append_jsonl_many
 from bench.rundir import RunDir, append_jsonl
@@ -216,7 +216,7 @@ def run(spec: BlockSpec) -> int:
     except BaseException as exc:  # noqa: BLE001 - every failure becomes an event and exit code 1
         message = one_line_typed(exc)
         log(f"failed during {stage}: {message}")
-        if "BenchError" not in {c.__name__ for c in type(exc).__mro__} and not isinstance(exc, KeyboardInterrupt):
+        if not is_user_error(exc) and not isinstance(exc, KeyboardInterrupt):
             for line in traceback.format_exc().splitlines()[-8:]:
                 log(f"  {line}")
         events.send("error", stage=stage, error=message)
